@@ -1,0 +1,447 @@
+// Local response normalization (Krizhevsky et al., 2012, section 3.3) on CPU tensors.
+//
+// For x of shape (N, C, S), with the window of channel c being [c - lo, c + hi] where
+// lo = size / 2 and hi = (size - 1) / 2 (zero padding outside [0, C), as PyTorch):
+//
+//   s_c = k + alpha / size * sum_{j in window(c)} x_j^2
+//   y_c = x_c / s_c^beta
+//
+// and, with g = dL/dy, the gradient (c lies in window(j) exactly when j is in
+// [c - hi, c + lo], the transposed window):
+//
+//   dL/dx_c = g_c / s_c^beta - (2 alpha beta / size) x_c sum_{j in [c - hi, c + lo]} t_j,
+//   t_j = g_j x_j / (s_j^beta s_j).
+//
+// Both directions make one pass over memory: every element of x (and g) is read once and
+// every output written once; window sums are taken from copies in a small buffer that
+// stays in L2. Backward needs only x and g: it recomputes s from x, which is cheaper than
+// writing s out in forward and reading it back.
+//
+// Two tilings, chosen by the layout of x:
+//   channel rows (NCHW-like): a tile is a run of W spatial positions of one image, walked
+//     channel by channel; the vector lanes run along space. Each step loads one channel
+//     row into a ring that holds the rows the current window needs, so the reads stream
+//     through memory in order;
+//   pixels (channels_last): a tile is the C channels of one position, contiguous in
+//     memory; the lanes run along channels and a window is a set of shifted copies of one
+//     zero-padded row.
+// Any other strides go through the channel-rows tiling with strided loads and stores.
+#include <algorithm>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "../common.h"
+#include "ops.h"
+#include "power.h"
+
+namespace fastcnn::cpu {
+namespace {
+
+// Spatial positions per channel-rows tile: long enough that each channel row is a long
+// sequential read, short enough that the rings of rows stay in L2.
+constexpr int64_t kMaxRowWidth = 1024;
+constexpr int64_t kMinRowWidth = 256;
+
+template <typename T>
+struct LrnConstants {
+  int64_t lo;  // channels before c in its window, clipped to C - 1 (further ones are padding)
+  int64_t hi;  // channels after c in its window, clipped likewise
+  T k;
+  T alpha_over_size;
+  T grad_coef;  // 2 * alpha * beta / size
+  Power power;
+
+  LrnConstants(int64_t size, int64_t channels, double alpha, double beta, double k_)
+      : lo(std::min(size / 2, channels - 1)),
+        hi(std::min((size - 1) / 2, channels - 1)),
+        k(static_cast<T>(k_)),
+        alpha_over_size(static_cast<T>(alpha / static_cast<double>(size))),
+        grad_coef(static_cast<T>(2.0 * alpha * beta / static_cast<double>(size))),
+        power(beta) {}
+
+  int64_t window_rows() const { return lo + hi + 1; }
+};
+
+// The rows a window sums: any set of row pointers (ring slots, or shifted copies of one
+// zero-padded row).
+template <typename T>
+struct Rows {
+  const T* const* rows;
+  int64_t count;
+};
+
+// ---------------------------------------------------------------------------------------
+// Row kernels: plain loops over n lanes that the compiler vectorises, compiled once per
+// vector ISA (FASTCNN_TARGET_CLONES).
+// ---------------------------------------------------------------------------------------
+
+// dst[i] = src[i * stride] as T.
+template <typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void load_row(const scalar_t* src, int64_t stride, T* __restrict dst,
+                                    int64_t n) {
+  if (stride == 1) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i * stride]);
+  }
+}
+
+// dst[i * stride] = src[i], for rows whose lanes are not contiguous in the output.
+template <typename scalar_t>
+void store_strided(const scalar_t* src, scalar_t* dst, int64_t stride, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i * stride] = src[i];
+}
+
+// out[i] = sum over the window's rows of row[i]^2 (kSquare) or row[i].
+template <bool kSquare, typename T>
+FASTCNN_TARGET_CLONES void window_sum(Rows<T> window, T* __restrict out, int64_t n) {
+  const T* first = window.rows[0];
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = kSquare ? first[i] * first[i] : first[i];
+  for (int64_t r = 1; r < window.count; ++r) {
+    const T* row = window.rows[r];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] += kSquare ? row[i] * row[i] : row[i];
+  }
+}
+
+// Calls f(i, q, s) for i < n with s = k + alpha/size * sums[i] and q = s^beta, in one
+// vectorised loop per kind of exponent.
+template <typename T, typename F>
+FASTCNN_INLINE void for_each_power(const LrnConstants<T>& p, const T* __restrict sums,
+                                   int64_t n, F f) {
+  const T k = p.k;
+  const T a = p.alpha_over_size;
+  switch (p.power.kind) {
+    case PowerKind::kZero:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) f(i, T(1), k + a * sums[i]);
+      break;
+    case PowerKind::kThreeQuarters:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const T s = k + a * sums[i];
+        f(i, power_three_quarters(s), s);
+      }
+      break;
+    case PowerKind::kGeneral: {
+      const T beta = static_cast<T>(p.power.beta);
+      const T negative_base_factor = static_cast<T>(p.power.negative_base_factor);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const T s = k + a * sums[i];
+        f(i, power_general(s, beta, negative_base_factor), s);
+      }
+      break;
+    }
+  }
+}
+
+// y = x / (k + alpha/size * sums)^beta, stored as scalar_t into contiguous lanes.
+template <typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void forward_row(const LrnConstants<T>& p, const T* __restrict x,
+                                       const T* __restrict sums, scalar_t* __restrict y,
+                                       int64_t n) {
+  for_each_power(p, sums, n, [&](int64_t i, T q, T) { y[i] = static_cast<scalar_t>(x[i] / q); });
+}
+
+// The gradient terms of a channel: g_over_q = g / s^beta and t = g x / (s^beta s).
+template <typename T>
+FASTCNN_TARGET_CLONES void backward_terms_row(const LrnConstants<T>& p, const T* __restrict x,
+                                              const T* __restrict g, const T* __restrict sums,
+                                              T* __restrict g_over_q, T* __restrict t,
+                                              int64_t n) {
+  for_each_power(p, sums, n, [&](int64_t i, T q, T s) {
+    const T gq = g[i] / q;
+    g_over_q[i] = gq;
+    t[i] = gq * x[i] / s;
+  });
+}
+
+// dx = g / s^beta - 2 alpha beta / size * x * t_sums, stored as scalar_t into contiguous
+// lanes.
+template <typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void grad_input_row(T coef, const T* __restrict x,
+                                          const T* __restrict g_over_q,
+                                          const T* __restrict t_sums, scalar_t* __restrict dx,
+                                          int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    dx[i] = static_cast<scalar_t>(g_over_q[i] - coef * x[i] * t_sums[i]);
+  }
+}
+
+// A row of output lanes: written straight to memory when they are contiguous there, else
+// into `scratch` and then scattered.
+template <typename scalar_t>
+struct RowOutput {
+  scalar_t* dst;
+  int64_t stride;
+  scalar_t* scratch;
+
+  scalar_t* lanes() const { return stride == 1 ? dst : scratch; }
+  void finish(int64_t n) const {
+    if (stride != 1) store_strided(scratch, dst, stride, n);
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Tile drivers.
+// ---------------------------------------------------------------------------------------
+
+struct Extent {
+  int64_t n, c, s;
+};
+
+// Rows of channel-rows buffers kept in rings: channel j lives in slot j % slots.
+template <typename T>
+class RowRing {
+ public:
+  RowRing(int64_t slots, int64_t padded_width)
+      : slots_(slots), width_(padded_width), data_(slots * padded_width, T(0)) {}
+
+  T* row(int64_t channel) { return data_.data() + (channel % slots_) * width_; }
+
+  // The rows of channels [first, last], clipped to [0, channels), into `out`.
+  Rows<T> window(int64_t first, int64_t last, int64_t channels, std::vector<const T*>& out) {
+    out.clear();
+    for (int64_t j = std::max<int64_t>(first, 0); j <= std::min(last, channels - 1); ++j) {
+      out.push_back(row(j));
+    }
+    return {out.data(), static_cast<int64_t>(out.size())};
+  }
+
+ private:
+  int64_t slots_;
+  int64_t width_;
+  std::vector<T> data_;
+};
+
+// Spatial positions per channel-rows tile: long rows, but enough tiles for every thread.
+inline int64_t row_width(const Extent& e) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks_wanted = std::max<int64_t>(1, (2 * threads + e.n - 1) / e.n);
+  const int64_t width = std::max(kMinRowWidth, (e.s + chunks_wanted - 1) / chunks_wanted);
+  return std::min({e.s, width, kMaxRowWidth});
+}
+
+// Grain (in positions) for the pixels tiling: at least ~16K values per task.
+inline int64_t pixel_grain(const Extent& e) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(e.c, 1));
+}
+
+// Tile `index` of the channel-rows tiling: image n, positions [s0, s0 + w).
+struct RowTile {
+  int64_t n, s0, w;
+
+  RowTile(const Extent& e, int64_t width, int64_t index) {
+    const int64_t tiles_per_image = (e.s + width - 1) / width;
+    n = index / tiles_per_image;
+    s0 = index % tiles_per_image * width;
+    w = std::min(width, e.s - s0);
+  }
+};
+
+inline int64_t row_tile_count(const Extent& e, int64_t width) {
+  return e.n * ((e.s + width - 1) / width);
+}
+
+template <typename scalar_t>
+void forward_channel_rows(const ChannelView<const scalar_t>& x, const ChannelView<scalar_t>& y,
+                          const Extent& e, const LrnConstants<at::opmath_type<scalar_t>>& p) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t width = row_width(e);
+  at::parallel_for(0, row_tile_count(e, width), 1, [&](int64_t begin, int64_t end) {
+    RowRing<T> xs(p.window_rows(), width);
+    std::vector<T> sums(width);
+    std::vector<scalar_t> scratch(width);
+    std::vector<const T*> window;
+    for (int64_t index = begin; index < end; ++index) {
+      const auto [n, s0, w] = RowTile(e, width, index);
+      // Step m loads channel m and finishes channel m - hi, whose window ends at m.
+      for (int64_t m = 0; m < e.c + p.hi; ++m) {
+        if (m < e.c) load_row(x.at(n, m, s0), x.stride_s, xs.row(m), w);
+        const int64_t c = m - p.hi;
+        if (c < 0) continue;
+        window_sum<true>(xs.window(c - p.lo, c + p.hi, e.c, window), sums.data(), w);
+        const RowOutput<scalar_t> out{y.at(n, c, s0), y.stride_s, scratch.data()};
+        forward_row(p, static_cast<const T*>(xs.row(c)), static_cast<const T*>(sums.data()),
+                    out.lanes(), w);
+        out.finish(w);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<scalar_t>& y,
+                    const Extent& e, const LrnConstants<at::opmath_type<scalar_t>>& p) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t rows = p.window_rows();
+  at::parallel_for(0, e.n * e.s, pixel_grain(e), [&](int64_t begin, int64_t end) {
+    // x between lo and hi zeros: row r of the window of channel c is element c + r.
+    std::vector<T> padded(p.lo + e.c + p.hi, T(0));
+    std::vector<const T*> shifts(rows);
+    for (int64_t r = 0; r < rows; ++r) shifts[r] = padded.data() + r;
+    std::vector<T> sums(e.c);
+    std::vector<scalar_t> scratch(e.c);
+    T* xs = padded.data() + p.lo;
+    for (int64_t pixel = begin; pixel < end; ++pixel) {
+      const int64_t n = pixel / e.s;
+      const int64_t s = pixel % e.s;
+      load_row(x.at(n, 0, s), x.stride_c, xs, e.c);
+      window_sum<true>(Rows<T>{shifts.data(), rows}, sums.data(), e.c);
+      const RowOutput<scalar_t> out{y.at(n, 0, s), y.stride_c, scratch.data()};
+      forward_row(p, static_cast<const T*>(xs), static_cast<const T*>(sums.data()),
+                  out.lanes(), e.c);
+      out.finish(e.c);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_channel_rows(const ChannelView<const scalar_t>& x,
+                           const ChannelView<const scalar_t>& g,
+                           const ChannelView<scalar_t>& dx, const Extent& e,
+                           const LrnConstants<at::opmath_type<scalar_t>>& p) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t width = row_width(e);
+  const int64_t slots = p.window_rows();
+  at::parallel_for(0, row_tile_count(e, width), 1, [&](int64_t begin, int64_t end) {
+    RowRing<T> xs(slots, width), gs(slots, width), g_over_q(slots, width), ts(slots, width);
+    std::vector<T> sums(width);
+    std::vector<scalar_t> scratch(width);
+    std::vector<const T*> window;
+    for (int64_t index = begin; index < end; ++index) {
+      const auto [n, s0, w] = RowTile(e, width, index);
+      // Step m loads channel m, makes the terms of channel j = m - hi (its window ends at
+      // m) and finishes channel c = j - lo (its transposed window ends at j).
+      for (int64_t m = 0; m < e.c + p.hi + p.lo; ++m) {
+        if (m < e.c) {
+          load_row(x.at(n, m, s0), x.stride_s, xs.row(m), w);
+          load_row(g.at(n, m, s0), g.stride_s, gs.row(m), w);
+        }
+        const int64_t j = m - p.hi;
+        if (j >= 0 && j < e.c) {
+          window_sum<true>(xs.window(j - p.lo, j + p.hi, e.c, window), sums.data(), w);
+          backward_terms_row(p, static_cast<const T*>(xs.row(j)),
+                             static_cast<const T*>(gs.row(j)),
+                             static_cast<const T*>(sums.data()), g_over_q.row(j), ts.row(j),
+                             w);
+        }
+        const int64_t c = j - p.lo;
+        if (c < 0) continue;
+        window_sum<false>(ts.window(c - p.hi, c + p.lo, e.c, window), sums.data(), w);
+        const RowOutput<scalar_t> out{dx.at(n, c, s0), dx.stride_s, scratch.data()};
+        grad_input_row(p.grad_coef, static_cast<const T*>(xs.row(c)),
+                       static_cast<const T*>(g_over_q.row(c)), static_cast<const T*>(sums.data()),
+                       out.lanes(), w);
+        out.finish(w);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<const scalar_t>& g,
+                     const ChannelView<scalar_t>& dx, const Extent& e,
+                     const LrnConstants<at::opmath_type<scalar_t>>& p) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t rows = p.window_rows();
+  at::parallel_for(0, e.n * e.s, pixel_grain(e), [&](int64_t begin, int64_t end) {
+    // x padded by (lo, hi) zeros: its window; t padded by (hi, lo): the transposed window.
+    std::vector<T> x_padded(p.lo + e.c + p.hi, T(0));
+    std::vector<T> t_padded(p.hi + e.c + p.lo, T(0));
+    std::vector<const T*> x_shifts(rows), t_shifts(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      x_shifts[r] = x_padded.data() + r;
+      t_shifts[r] = t_padded.data() + r;
+    }
+    std::vector<T> gs(e.c), g_over_q(e.c), sums(e.c);
+    std::vector<scalar_t> scratch(e.c);
+    T* xs = x_padded.data() + p.lo;
+    T* ts = t_padded.data() + p.hi;
+    for (int64_t pixel = begin; pixel < end; ++pixel) {
+      const int64_t n = pixel / e.s;
+      const int64_t s = pixel % e.s;
+      load_row(x.at(n, 0, s), x.stride_c, xs, e.c);
+      load_row(g.at(n, 0, s), g.stride_c, gs.data(), e.c);
+      window_sum<true>(Rows<T>{x_shifts.data(), rows}, sums.data(), e.c);
+      backward_terms_row(p, static_cast<const T*>(xs), static_cast<const T*>(gs.data()),
+                         static_cast<const T*>(sums.data()), g_over_q.data(), ts, e.c);
+      window_sum<false>(Rows<T>{t_shifts.data(), rows}, sums.data(), e.c);
+      const RowOutput<scalar_t> out{dx.at(n, 0, s), dx.stride_c, scratch.data()};
+      grad_input_row(p.grad_coef, static_cast<const T*>(xs),
+                     static_cast<const T*>(g_over_q.data()), static_cast<const T*>(sums.data()),
+                     out.lanes(), e.c);
+      out.finish(e.c);
+    }
+  });
+}
+
+// The pixels tiling is used when channels are contiguous (channels_last), unless there is
+// a single channel, whose rows run along space.
+bool use_pixel_tiles(const at::Tensor& x) { return x.size(1) > 1 && x.stride(1) == 1; }
+
+void check_lrn_args(const at::Tensor& x, int64_t size) {
+  check_cpu_float_3d(x, "input");
+  TORCH_CHECK(size >= 1, "size must be >= 1, got ", size);
+}
+
+void check_output(const at::Tensor& out, const at::Tensor& x, const char* name) {
+  check_cpu_float_3d(out, name);
+  check_same_shape_and_dtype(out, x, name, "input");
+  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, name,
+              " must not have overlapping elements (it is written to)");
+}
+
+}  // namespace
+
+void lrn_forward(const at::Tensor& input, const at::Tensor& output, int64_t size,
+                 double alpha, double beta, double k) {
+  check_lrn_args(input, size);
+  check_output(output, input, "output");
+  const Extent e{input.size(0), input.size(1), input.size(2)};
+  if (input.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_lrn_forward", [&] {
+        const LrnConstants<at::opmath_type<scalar_t>> p(size, e.c, alpha, beta, k);
+        const ChannelView<const scalar_t> x(input);
+        const ChannelView<scalar_t> y(output);
+        if (use_pixel_tiles(input)) {
+          forward_pixels(x, y, e, p);
+        } else {
+          forward_channel_rows(x, y, e, p);
+        }
+      });
+}
+
+void lrn_backward(const at::Tensor& input, const at::Tensor& grad_output,
+                  const at::Tensor& grad_input, int64_t size, double alpha, double beta,
+                  double k) {
+  check_lrn_args(input, size);
+  check_cpu_float_3d(grad_output, "grad_output");
+  check_same_shape_and_dtype(grad_output, input, "grad_output", "input");
+  check_output(grad_input, input, "grad_input");
+  const Extent e{input.size(0), input.size(1), input.size(2)};
+  if (input.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_lrn_backward", [&] {
+        const LrnConstants<at::opmath_type<scalar_t>> p(size, e.c, alpha, beta, k);
+        const ChannelView<const scalar_t> x(input);
+        const ChannelView<const scalar_t> g(grad_output);
+        const ChannelView<scalar_t> dx(grad_input);
+        if (use_pixel_tiles(input)) {
+          backward_pixels(x, g, dx, e, p);
+        } else {
+          backward_channel_rows(x, g, dx, e, p);
+        }
+      });
+}
+
+}  // namespace fastcnn::cpu

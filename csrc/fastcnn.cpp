@@ -1,0 +1,46 @@
+// fastcnn._C: the CPU kernels. The kernels release the GIL while they run.
+#include <torch/extension.h>
+
+#include "common.h"
+#include "cpu/ops.h"
+
+namespace {
+
+// How this extension was compiled, for `fastcnn info`.
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["torch"] = TORCH_VERSION;
+#if defined(_OPENMP)
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+#if FASTCNN_HAS_TARGET_CLONES
+  info["vector_targets"] = "x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA), baseline; chosen at load";
+#else
+  info["vector_targets"] = "compiler default";
+#endif
+#if defined(__clang__)
+  info["compiler"] = "clang " __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = "gcc " __VERSION__;
+#else
+  info["compiler"] = "unknown";
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  m.doc() = "fastcnn CPU kernels (C++, OpenMP, vectorised)";
+  m.def("build_info", &build_info, "How this extension was compiled.");
+  m.def("lrn_forward", &fastcnn::cpu::lrn_forward, "LRN forward into output; (N, C, S) views.",
+        py::arg("input"), py::arg("output"), py::arg("size"), py::arg("alpha"), py::arg("beta"),
+        py::arg("k"), py::call_guard<py::gil_scoped_release>());
+  m.def("lrn_backward", &fastcnn::cpu::lrn_backward,
+        "LRN gradient w.r.t. input into grad_input; (N, C, S) views.", py::arg("input"),
+        py::arg("grad_output"), py::arg("grad_input"), py::arg("size"), py::arg("alpha"),
+        py::arg("beta"), py::arg("k"), py::call_guard<py::gil_scoped_release>());
+}

@@ -1,0 +1,216 @@
+"""Which kernels run an op: Triton for CUDA tensors, C++ for CPU tensors, the PyTorch
+reference for any other device.
+
+`use_backend(name)` (a context manager) and the environment variable FASTCNN_BACKEND,
+read when fastcnn is imported, force one backend for every op. Forcing "triton" on CPU
+tensors runs Triton's interpreter, which needs TRITON_INTERPRET=1 set before fastcnn is
+imported. When the natural backend of a device is missing, the op runs the reference and
+says why once (FallbackWarning); asking by name for a missing backend is an error.
+
+The choice is made in Python, per call, before the op's kernel is entered, so
+torch.compile sees it as a constant of the traced graph (and re-traces when
+`use_backend` changes it); the autograd Function keeps it for the backward.
+"""
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import platform
+import warnings
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "FallbackWarning",
+    "info",
+    "kernels",
+    "report_fallback",
+    "select",
+    "use_backend",
+]
+
+BACKENDS = ("reference", "cpp", "triton")
+
+# The backend each device type runs when none is forced.
+_NATURAL = {"cpu": "cpp", "cuda": "triton"}
+
+
+class FallbackWarning(UserWarning):
+    """An op ran on the (slower) PyTorch reference because its kernel backend is missing."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name and cannot run here."""
+
+
+class Status(NamedTuple):
+    available: bool
+    reason: str  # why not, when not available; what it runs, when it is
+
+
+# Triton decides when a kernel is defined (at import) whether it will be interpreted.
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _probe_cpp():
+    try:
+        module = importlib.import_module("fastcnn._C")
+    except ImportError as error:
+        return None, Status(
+            False,
+            f"the C++ extension fastcnn._C is not built or does not load ({error}); "
+            "build it with `pip install --no-build-isolation -e .`")
+    return module, Status(True, "CPU tensors")
+
+
+def _probe_triton():
+    if importlib.util.find_spec("triton") is None:
+        return Status(False, "Triton is not installed (PyTorch's CUDA wheels bring it)")
+    if not (torch.cuda.is_available() or TRITON_INTERPRET):
+        return Status(
+            False,
+            "no CUDA device; to run the Triton kernels on CPU tensors through Triton's "
+            "interpreter, set TRITON_INTERPRET=1 before importing fastcnn")
+    try:
+        importlib.import_module("triton")
+    except Exception as error:  # a broken install can fail in many ways
+        return Status(False, f"Triton does not import ({type(error).__name__}: {error})")
+    if TRITON_INTERPRET:
+        return Status(True, "CUDA and CPU tensors, through Triton's interpreter")
+    return Status(True, "CUDA tensors")
+
+
+_cpp_module, _cpp_status = _probe_cpp()
+_STATUS = {
+    "reference": Status(True, "tensors on any device (pure PyTorch)"),
+    "cpp": _cpp_status,
+    "triton": _probe_triton(),
+}
+
+
+def _backend_from_environment():
+    value = os.environ.get("FASTCNN_BACKEND", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in BACKENDS:
+        raise ValueError(
+            f"FASTCNN_BACKEND must be one of {', '.join(BACKENDS)} or auto, got {value!r}")
+    return value
+
+
+# The forced backend (None: chosen from the device), and who forced it.
+_forced = _backend_from_environment()
+_forced_by = "FASTCNN_BACKEND" if _forced else None
+_warned = set()
+
+
+def _unavailable(name, why):
+    return BackendUnavailableError(
+        f"the {name!r} fastcnn backend was asked for ({_forced_by}) but cannot run: {why}")
+
+
+def _check_forced(name, device):
+    status = _STATUS[name]
+    if not status.available:
+        raise _unavailable(name, status.reason)
+    if name == "cpp" and device.type != "cpu":
+        raise _unavailable(name, f"it runs CPU tensors only, got a tensor on {device}")
+    if name == "triton" and device.type != "cuda" and not TRITON_INTERPRET:
+        raise _unavailable(
+            name, f"it runs CUDA tensors, or CPU tensors through Triton's interpreter "
+            f"(TRITON_INTERPRET=1 before importing fastcnn); got a tensor on {device}")
+
+
+def _fallback_reason(device):
+    """Why tensors on `device` run the reference when nothing is forced, or None."""
+    natural = _NATURAL.get(device.type)
+    if natural is None:
+        return f"fastcnn has no kernels for {device.type} tensors"
+    if not _STATUS[natural].available:
+        return (f"the {natural!r} backend for {device.type} tensors is unavailable: "
+                f"{_STATUS[natural].reason}")
+    return None
+
+
+def select(op, tensor):
+    """The backend that runs `op` on `tensor` (a name from BACKENDS). Free of side effects
+    so that torch.compile traces it; a fallback is reported by report_fallback."""
+    if _forced is not None:
+        _check_forced(_forced, tensor.device)
+        return _forced
+    if _fallback_reason(tensor.device) is not None:
+        return "reference"
+    return _NATURAL[tensor.device.type]
+
+
+def report_fallback(op, backend, device):
+    """Warns, once per reason, when `op` runs the reference on `device` although nobody
+    asked for it. Called where the kernel runs (inside the custom op), so that compiled
+    graphs warn too."""
+    if backend != "reference" or _forced == "reference":
+        return
+    why = _fallback_reason(device)
+    if why is None or why in _warned:
+        return
+    _warned.add(why)
+    warnings.warn(
+        f"fastcnn.{op} runs on the PyTorch reference, which is slower: {why}. "
+        "`fastcnn info` lists the backends.", FallbackWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run every fastcnn op in the block on backend `name` ("reference", "cpp", "triton"),
+    or on the device's own backend when `name` is None. The setting is process-wide."""
+    global _forced, _forced_by
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}")
+    if name is not None and not _STATUS[name].available:
+        raise BackendUnavailableError(
+            f"the {name!r} fastcnn backend cannot run here: {_STATUS[name].reason}")
+    previous = _forced, _forced_by
+    _forced, _forced_by = name, f"use_backend({name!r})"
+    try:
+        yield
+    finally:
+        _forced, _forced_by = previous
+
+
+def kernels(name):
+    """The module holding backend `name`'s kernel entry points (the same names in each)."""
+    if name == "cpp":
+        return _cpp_module
+    if name == "triton":
+        return importlib.import_module("fastcnn.kernels.triton")
+    if name == "reference":
+        return importlib.import_module("fastcnn.kernels.reference")
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+
+
+def info():
+    """Versions, devices and, per backend, whether it is available and why not."""
+    from fastcnn import __version__
+
+    triton_version = None
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            triton_version = importlib.import_module("triton").__version__
+        except Exception:  # reported under backends["triton"]
+            pass
+    cuda = torch.cuda.is_available()
+    return {
+        "fastcnn": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if cuda else None,
+        "forced_backend": _forced,
+        "backends": {name: _STATUS[name]._asdict() for name in BACKENDS},
+        "cpp_build": _cpp_module.build_info() if _cpp_module is not None else None,
+    }

@@ -1,0 +1,44 @@
+"""local_response_norm: the numbers of torch.nn.functional.local_response_norm from the
+fastcnn kernels, forward and backward."""
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from fastcnn import backends, ops
+from fastcnn.functional._checks import check_feature_map, check_finite, check_int
+
+
+class LocalResponseNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, size, alpha, beta, k):
+        backend = backends.select("local_response_norm", input)
+        output = ops.lrn_forward(input, size, alpha, beta, k, backend)
+        # Only the input is kept: the backward kernel recomputes the window sums from it
+        # where they are needed, which costs less than writing them out here and reading
+        # them back (and the output itself is not needed at all).
+        ctx.save_for_backward(input)
+        ctx.lrn_args = (size, alpha, beta, k)
+        ctx.backend = backend
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        grad_input = ops.lrn_backward(input, grad_output, *ctx.lrn_args, ctx.backend)
+        return grad_input, None, None, None, None
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Local response normalization over channels, as torch.nn.functional.local_response_norm:
+
+        y_c = x_c / (k + alpha / size * sum_{j = c - size // 2}^{c + (size - 1) // 2} x_j^2)^beta
+
+    with zeros for channels outside [0, C). input is (N, C, *) with at least 3 dimensions.
+    """
+    check_feature_map("input", input, min_dim=3)
+    size = check_int("size", size, minimum=1)
+    alpha = check_finite("alpha", alpha)
+    beta = check_finite("beta", beta)
+    k = check_finite("k", k)
+    return LocalResponseNormFunction.apply(input, size, alpha, beta, k)

@@ -1,0 +1,34 @@
+"""Every op in plain PyTorch: the fallback for devices without a fastcnn kernel.
+
+The entry points match the C++ and Triton ones: inputs are (N, C, S) views and results
+are written into caller-allocated outputs. Half and bfloat16 are computed in float32.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _channel_window_sum(v, before, after):
+    """Sum over channels [c - before, c + after] of v (N, C, S), zero outside [0, C)."""
+    padded = F.pad(v, (0, 0, before, after))
+    return padded.unfold(1, before + after + 1, 1).sum(-1)
+
+
+def lrn_forward(input, output, size, alpha, beta, k):
+    x = input.to(_compute_dtype(input.dtype))
+    s = k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    output.copy_(x / s.pow(beta))
+
+
+def lrn_backward(input, grad_output, grad_input, size, alpha, beta, k):
+    dtype = _compute_dtype(input.dtype)
+    x, g = input.to(dtype), grad_output.to(dtype)
+    s = k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    g_over_q = g / s.pow(beta)
+    t = g_over_q * x / s
+    t_sum = _channel_window_sum(t, (size - 1) // 2, size // 2)
+    grad_input.copy_(g_over_q - 2 * alpha * beta / size * x * t_sum)

@@ -1,0 +1,257 @@
+"""Local response normalization (Krizhevsky et al., 2012, section 3.3) as Triton kernels.
+
+For x of shape (N, C, S), with the window of channel c being [c - lo, c + hi],
+lo = size // 2 and hi = (size - 1) // 2 (zero padding outside [0, C), as PyTorch):
+
+    s_c = k + alpha / size * sum_{j in window(c)} x_j^2
+    y_c = x_c / s_c^beta
+
+and with g = dL/dy (c is in window(j) exactly when j is in [c - hi, c + lo]):
+
+    dL/dx_c = g_c / s_c^beta - 2 alpha beta / size * x_c * sum_{j in [c - hi, c + lo]} t_j
+    t_j     = g_j x_j / (s_j^beta s_j)
+
+Each program owns a BLOCK_C x BLOCK_S tile of one image and reads the channel window of
+its tile with shifted loads, which after the first hit L1/L2, so forward moves x in and
+y out once. Backward reads only x and g (it recomputes every s_j in its transposed window
+rather than reading a saved copy) and writes dx once. Accumulation is in float32 (float64
+for float64 inputs). Strides are arguments, so NCHW, channels_last and sliced inputs run
+without a layout copy; Triton specialises a stride of 1 and makes that axis the
+contiguous one of the tile.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+# How s^beta is computed, fixed at compile time (see _power).
+_BETA_ZERO, _BETA_THREE_QUARTERS, _BETA_FRACTIONAL, _BETA_EVEN, _BETA_ODD = range(5)
+
+# Elements per program tile.
+_TILE = 2048
+
+
+@triton.jit
+def _power(s, beta, BETA_KIND: tl.constexpr):
+    """s ** beta with torch.pow's special cases (s^0 == 1, negative s only for integer beta)."""
+    if BETA_KIND == 0:
+        q = tl.full(s.shape, 1.0, s.dtype)
+    elif BETA_KIND == 1:
+        root = tl.sqrt(s)
+        q = root * tl.sqrt(root)
+    else:
+        magnitude = tl.exp2(beta * tl.log2(tl.abs(s)))
+        if BETA_KIND == 2:
+            q = tl.where(s < 0, float("nan"), magnitude)
+        elif BETA_KIND == 3:
+            q = magnitude
+        else:
+            q = tl.where(s < 0, -magnitude, magnitude)
+    return q
+
+
+@triton.jit
+def _window_sum_of_squares(
+    x_image,  # pointer to x[n, 0, 0]
+    channels,  # (BLOCK_C,) int32: the channels whose windows are summed
+    s_offsets,  # (1, BLOCK_S) int64: spatial offsets into x, in elements
+    s_mask,  # (1, BLOCK_S) bool
+    C,
+    x_stride_c,
+    lo,  # window of channel c is [c - lo, c + hi], clipped to at most C - 1 each way
+    hi,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    total = tl.zeros((BLOCK_C, BLOCK_S), ACC_DTYPE)
+    for d in range(-lo, hi + 1):
+        neighbour = channels + d
+        valid = ((neighbour >= 0) & (neighbour < C))[:, None] & s_mask
+        v = tl.load(
+            x_image + neighbour.to(tl.int64)[:, None] * x_stride_c + s_offsets,
+            mask=valid,
+            other=0.0,
+        ).to(ACC_DTYPE)
+        total += v * v
+    return total
+
+
+@triton.jit
+def _tile_coordinates(C, S, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """(image, channels, positions) of this program's tile; the grid is 1-d."""
+    pid = tl.program_id(0)
+    tiles_s = tl.cdiv(S, BLOCK_S)
+    tiles_c = tl.cdiv(C, BLOCK_C)
+    image = pid // (tiles_s * tiles_c)
+    channels = (pid // tiles_s) % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    positions = pid % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    return image.to(tl.int64), channels, positions
+
+
+@triton.jit
+def _lrn_forward_kernel(
+    x_ptr,
+    y_ptr,
+    # shape (N, C, S); N is covered by the grid
+    C,
+    S,
+    # strides of x and y over (n, c, s), in elements
+    x_stride_n,
+    x_stride_c,
+    x_stride_s,
+    y_stride_n,
+    y_stride_c,
+    y_stride_s,
+    # LRN parameters; the window of channel c is [c - lo, c + hi]
+    lo,
+    hi,
+    alpha_over_size: tl.float64,
+    beta: tl.float64,
+    k: tl.float64,
+    # compile-time options
+    BETA_KIND: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    # tiling
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    image, channels, positions = _tile_coordinates(C, S, BLOCK_C, BLOCK_S)
+    s_mask = (positions < S)[None, :]
+    mask = (channels < C)[:, None] & s_mask
+    x_image = x_ptr + image * x_stride_n
+    x_s = positions.to(tl.int64)[None, :] * x_stride_s
+
+    window = _window_sum_of_squares(x_image, channels, x_s, s_mask, C, x_stride_c, lo, hi,
+                                    ACC_DTYPE, BLOCK_C, BLOCK_S)
+    x = tl.load(x_image + channels.to(tl.int64)[:, None] * x_stride_c + x_s, mask=mask)
+    s = tl.cast(k, ACC_DTYPE) + tl.cast(alpha_over_size, ACC_DTYPE) * window
+    y = x.to(ACC_DTYPE) / _power(s, tl.cast(beta, ACC_DTYPE), BETA_KIND)
+
+    y_offsets = (image * y_stride_n + channels.to(tl.int64)[:, None] * y_stride_c +
+                 positions.to(tl.int64)[None, :] * y_stride_s)
+    tl.store(y_ptr + y_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lrn_backward_kernel(
+    x_ptr,
+    g_ptr,
+    dx_ptr,
+    # shape (N, C, S); N is covered by the grid
+    C,
+    S,
+    # strides of x, g (dL/dy) and dx over (n, c, s), in elements
+    x_stride_n,
+    x_stride_c,
+    x_stride_s,
+    g_stride_n,
+    g_stride_c,
+    g_stride_s,
+    dx_stride_n,
+    dx_stride_c,
+    dx_stride_s,
+    # LRN parameters; the window of channel c is [c - lo, c + hi]
+    lo,
+    hi,
+    alpha_over_size: tl.float64,
+    beta: tl.float64,
+    k: tl.float64,
+    grad_coef: tl.float64,  # 2 * alpha * beta / size
+    # compile-time options
+    BETA_KIND: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    # tiling
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    image, channels, positions = _tile_coordinates(C, S, BLOCK_C, BLOCK_S)
+    s_mask = (positions < S)[None, :]
+    mask = (channels < C)[:, None] & s_mask
+    x_image = x_ptr + image * x_stride_n
+    g_image = g_ptr + image * g_stride_n
+    x_s = positions.to(tl.int64)[None, :] * x_stride_s
+    g_s = positions.to(tl.int64)[None, :] * g_stride_s
+    alpha_over_size = tl.cast(alpha_over_size, ACC_DTYPE)
+    beta = tl.cast(beta, ACC_DTYPE)
+    k = tl.cast(k, ACC_DTYPE)
+
+    # sum of t_j over the transposed window [c - hi, c + lo]
+    t_sum = tl.zeros((BLOCK_C, BLOCK_S), ACC_DTYPE)
+    for d in range(-hi, lo + 1):
+        j = channels + d
+        valid = ((j >= 0) & (j < C))[:, None] & s_mask
+        j64 = j.to(tl.int64)[:, None]
+        x_j = tl.load(x_image + j64 * x_stride_c + x_s, mask=valid, other=0.0).to(ACC_DTYPE)
+        g_j = tl.load(g_image + j64 * g_stride_c + g_s, mask=valid, other=0.0).to(ACC_DTYPE)
+        s_j = k + alpha_over_size * _window_sum_of_squares(
+            x_image, j, x_s, s_mask, C, x_stride_c, lo, hi, ACC_DTYPE, BLOCK_C, BLOCK_S)
+        t_sum += tl.where(valid, g_j * x_j / (_power(s_j, beta, BETA_KIND) * s_j), 0.0)
+
+    c64 = channels.to(tl.int64)[:, None]
+    x = tl.load(x_image + c64 * x_stride_c + x_s, mask=mask).to(ACC_DTYPE)
+    g = tl.load(g_image + c64 * g_stride_c + g_s, mask=mask).to(ACC_DTYPE)
+    s = k + alpha_over_size * _window_sum_of_squares(
+        x_image, channels, x_s, s_mask, C, x_stride_c, lo, hi, ACC_DTYPE, BLOCK_C, BLOCK_S)
+    dx = g / _power(s, beta, BETA_KIND) - tl.cast(grad_coef, ACC_DTYPE) * x * t_sum
+
+    dx_offsets = (image * dx_stride_n + c64 * dx_stride_c +
+                  positions.to(tl.int64)[None, :] * dx_stride_s)
+    tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _beta_kind(beta):
+    if beta == 0:
+        return _BETA_ZERO
+    if beta == 0.75:
+        return _BETA_THREE_QUARTERS
+    if beta != int(beta):
+        return _BETA_FRACTIONAL
+    return _BETA_ODD if int(beta) % 2 else _BETA_EVEN
+
+
+def _launch_settings(x):
+    """Grid size and compile-time options shared by the forward and backward launches."""
+    n, c, s = x.shape
+    if x.stride(1) == 1 and c > 1:
+        # channels_last: the channel axis is contiguous, so tiles run long along it
+        block_c = min(triton.next_power_of_2(c), 64)
+        block_s = min(triton.next_power_of_2(s), _TILE // block_c)
+    else:
+        block_s = min(triton.next_power_of_2(s), 128)
+        block_c = min(triton.next_power_of_2(c), _TILE // block_s)
+    grid = (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
+    options = {
+        "ACC_DTYPE": tl.float64 if x.dtype == torch.float64 else tl.float32,
+        "BLOCK_C": block_c,
+        "BLOCK_S": block_s,
+    }
+    return grid, options
+
+
+def _clipped_window(size, channels):
+    """(lo, hi) of the window, clipped: a neighbour further than C - 1 is always padding."""
+    return min(size // 2, channels - 1), min((size - 1) // 2, channels - 1)
+
+
+def lrn_forward(input, output, size, alpha, beta, k):
+    """Writes LRN(input) into output; both are (N, C, S) views with any strides."""
+    if input.numel() == 0:
+        return
+    grid, options = _launch_settings(input)
+    _lrn_forward_kernel[grid](
+        input, output, input.shape[1], input.shape[2], *input.stride(), *output.stride(),
+        *_clipped_window(size, input.shape[1]), alpha / size, beta, k,
+        BETA_KIND=_beta_kind(beta), **options)
+
+
+def lrn_backward(input, grad_output, grad_input, size, alpha, beta, k):
+    """Writes dL/dinput into grad_input from input and grad_output; (N, C, S) views."""
+    if input.numel() == 0:
+        return
+    grid, options = _launch_settings(input)
+    _lrn_backward_kernel[grid](
+        input, grad_output, grad_input, input.shape[1], input.shape[2], *input.stride(),
+        *grad_output.stride(), *grad_input.stride(), *_clipped_window(size, input.shape[1]),
+        alpha / size, beta, k, 2.0 * alpha * beta / size,
+        BETA_KIND=_beta_kind(beta), **options)

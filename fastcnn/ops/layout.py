@@ -1,0 +1,41 @@
+"""How ops see their tensors: as (N, C, S) strided views, with no copy where possible.
+
+Every kernel (C++, Triton, reference) takes (batch, channel, flattened spatial) views and
+writes into outputs allocated here, so that one rule decides output layouts for all
+backends and for the fake tensors torch.compile traces with.
+"""
+
+import math
+
+import torch
+
+
+def channel_view(t):
+    """t of shape (N, C, *spatial) as an (N, C, S) view, or None when its spatial
+    dimensions do not share one stride (then only a copy can flatten them)."""
+    stride_s = 1
+    expected = None
+    for size, stride in reversed(list(zip(t.shape[2:], t.stride()[2:]))):
+        if size == 1:
+            continue
+        if expected is not None and stride != expected:
+            return None
+        if expected is None:
+            stride_s = stride
+        expected = stride * size
+    spatial = math.prod(t.shape[2:])
+    return t.as_strided((t.shape[0], t.shape[1], spatial), (t.stride(0), t.stride(1), stride_s))
+
+
+def channel_view_or_copy(t):
+    """channel_view(t), copying t to a contiguous tensor first when it has no such view."""
+    view = channel_view(t)
+    return view if view is not None else channel_view(t.contiguous())
+
+
+def empty_output(t):
+    """An uninitialised tensor shaped like t whose channel_view exists: t's own layout
+    (NCHW, channels_last, ...) wherever that allows it, contiguous otherwise."""
+    if channel_view(t) is None:
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+    return torch.empty_like(t)

@@ -1,0 +1,76 @@
+"""Builds fastcnn and its C++ CPU extension, fastcnn._C.
+
+The extension is compiled against the PyTorch that is installed, so build without build
+isolation (pip would otherwise fetch a second, multi-gigabyte torch into a throwaway
+environment):
+
+    pip install --no-build-isolation -e .
+
+FASTCNN_BUILD_CPP=0 skips the extension; fastcnn then runs its ops on the PyTorch
+reference and says so (`fastcnn info`).
+"""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def read_version():
+    text = (ROOT / "fastcnn" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
+def cpp_extensions():
+    if os.environ.get("FASTCNN_BUILD_CPP", "1") == "0":
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        sys.exit(
+            "fastcnn compiles its C++ extension against the installed PyTorch, and none is "
+            "importable here. Install torch first (pip install -r requirements.txt), then "
+            "build with: pip install --no-build-isolation -e ."
+        )
+    if sys.platform == "win32":
+        cxx_flags, link_flags = ["/O2", "/openmp", "/std:c++17"], []
+    else:
+        # -fno-math-errno lets sqrt vectorise; -fno-loop-unroll-and-jam keeps GCC from
+        # fusing the row loops of a window sum into one scalar loop; -fopenmp makes
+        # at::parallel_for parallel (it is an inline OpenMP region) and links the libgomp
+        # that torch has already loaded.
+        cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-loop-unroll-and-jam", "-Wall"]
+        link_flags = ["-fopenmp"]
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
+    extension = CppExtension(
+        name="fastcnn._C",
+        sources=sources,
+        include_dirs=[str(ROOT / "csrc")],
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = cpp_extensions()
+
+setup(
+    name="fastcnn",
+    version=read_version(),
+    description="Hand-written Triton and C++ kernels for classic convolutional networks",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fastcnn", "fastcnn.*"]),
+    install_requires=["torch>=2.4"],
+    extras_require={"test": ["pytest", "numpy"], "bench": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["fastcnn = fastcnn.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
