@@ -191,6 +191,17 @@ def kernels(name):
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def info():
     """Versions, devices and, per backend, whether it is available and why not."""
     from fastcnn import __version__
@@ -207,7 +218,7 @@ def info():
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": triton_version,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name() if cuda else None,
         "forced_backend": _forced,

@@ -27,6 +27,7 @@
 //     zero-padded row.
 // Any other strides go through the channel-rows tiling with strided loads and stores.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -202,24 +203,60 @@ struct Extent {
 template <typename T>
 class RowRing {
  public:
-  RowRing(int64_t slots, int64_t padded_width)
-      : slots_(slots), width_(padded_width), data_(slots * padded_width, T(0)) {}
+  RowRing(int64_t slots, int64_t width)
+      : slots_(slots), width_(width), data_(slots * width, T(0)) {}
 
   T* row(int64_t channel) { return data_.data() + (channel % slots_) * width_; }
-
-  // The rows of channels [first, last], clipped to [0, channels), into `out`.
-  Rows<T> window(int64_t first, int64_t last, int64_t channels, std::vector<const T*>& out) {
-    out.clear();
-    for (int64_t j = std::max<int64_t>(first, 0); j <= std::min(last, channels - 1); ++j) {
-      out.push_back(row(j));
-    }
-    return {out.data(), static_cast<int64_t>(out.size())};
-  }
 
  private:
   int64_t slots_;
   int64_t width_;
   std::vector<T> data_;
+};
+
+// The rows of channels [first, last], clipped to [0, channels), collected into `out`.
+template <typename T, typename RowOf>
+Rows<T> window_rows(int64_t first, int64_t last, int64_t channels, RowOf row_of,
+                    std::vector<const T*>& out) {
+  out.clear();
+  for (int64_t j = std::max<int64_t>(first, 0); j <= std::min(last, channels - 1); ++j) {
+    out.push_back(row_of(j));
+  }
+  return {out.data(), static_cast<int64_t>(out.size())};
+}
+
+// The channel rows of one input over a tile, as T. Float32 (and float64) rows that are
+// contiguous in memory are read where they are; others are converted into a ring.
+template <typename scalar_t, typename T>
+class RowSource {
+ public:
+  RowSource(const ChannelView<const scalar_t>& view, int64_t slots, int64_t width)
+      : view_(view),
+        direct_(std::is_same_v<scalar_t, T> && view.stride_s == 1),
+        ring_(direct_ ? 0 : slots, width) {}
+
+  void start_tile(int64_t n, int64_t s0, int64_t w) {
+    n_ = n;
+    s0_ = s0;
+    w_ = w;
+  }
+
+  void load(int64_t channel) {
+    if (!direct_) load_row(view_.at(n_, channel, s0_), view_.stride_s, ring_.row(channel), w_);
+  }
+
+  const T* row(int64_t channel) {
+    if constexpr (std::is_same_v<scalar_t, T>) {
+      if (direct_) return view_.at(n_, channel, s0_);
+    }
+    return ring_.row(channel);
+  }
+
+ private:
+  const ChannelView<const scalar_t>& view_;
+  bool direct_;
+  RowRing<T> ring_;
+  int64_t n_ = 0, s0_ = 0, w_ = 0;
 };
 
 // Spatial positions per channel-rows tile: long rows, but enough tiles for every thread.
@@ -257,21 +294,22 @@ void forward_channel_rows(const ChannelView<const scalar_t>& x, const ChannelVie
   using T = at::opmath_type<scalar_t>;
   const int64_t width = row_width(e);
   at::parallel_for(0, row_tile_count(e, width), 1, [&](int64_t begin, int64_t end) {
-    RowRing<T> xs(p.window_rows(), width);
+    RowSource<scalar_t, T> xs(x, p.window_rows(), width);
+    const auto x_row = [&](int64_t j) { return xs.row(j); };
     std::vector<T> sums(width);
     std::vector<scalar_t> scratch(width);
     std::vector<const T*> window;
     for (int64_t index = begin; index < end; ++index) {
       const auto [n, s0, w] = RowTile(e, width, index);
+      xs.start_tile(n, s0, w);
       // Step m loads channel m and finishes channel m - hi, whose window ends at m.
       for (int64_t m = 0; m < e.c + p.hi; ++m) {
-        if (m < e.c) load_row(x.at(n, m, s0), x.stride_s, xs.row(m), w);
+        if (m < e.c) xs.load(m);
         const int64_t c = m - p.hi;
         if (c < 0) continue;
-        window_sum<true>(xs.window(c - p.lo, c + p.hi, e.c, window), sums.data(), w);
+        window_sum<true>(window_rows(c - p.lo, c + p.hi, e.c, x_row, window), sums.data(), w);
         const RowOutput<scalar_t> out{y.at(n, c, s0), y.stride_s, scratch.data()};
-        forward_row(p, static_cast<const T*>(xs.row(c)), static_cast<const T*>(sums.data()),
-                    out.lanes(), w);
+        forward_row(p, xs.row(c), static_cast<const T*>(sums.data()), out.lanes(), w);
         out.finish(w);
       }
     }
@@ -313,34 +351,36 @@ void backward_channel_rows(const ChannelView<const scalar_t>& x,
   const int64_t width = row_width(e);
   const int64_t slots = p.window_rows();
   at::parallel_for(0, row_tile_count(e, width), 1, [&](int64_t begin, int64_t end) {
-    RowRing<T> xs(slots, width), gs(slots, width), g_over_q(slots, width), ts(slots, width);
+    RowSource<scalar_t, T> xs(x, slots, width), gs(g, slots, width);
+    RowRing<T> g_over_q(slots, width), ts(slots, width);
+    const auto x_row = [&](int64_t j) { return xs.row(j); };
+    const auto t_row = [&](int64_t j) { return static_cast<const T*>(ts.row(j)); };
     std::vector<T> sums(width);
     std::vector<scalar_t> scratch(width);
     std::vector<const T*> window;
     for (int64_t index = begin; index < end; ++index) {
       const auto [n, s0, w] = RowTile(e, width, index);
+      xs.start_tile(n, s0, w);
+      gs.start_tile(n, s0, w);
       // Step m loads channel m, makes the terms of channel j = m - hi (its window ends at
       // m) and finishes channel c = j - lo (its transposed window ends at j).
       for (int64_t m = 0; m < e.c + p.hi + p.lo; ++m) {
         if (m < e.c) {
-          load_row(x.at(n, m, s0), x.stride_s, xs.row(m), w);
-          load_row(g.at(n, m, s0), g.stride_s, gs.row(m), w);
+          xs.load(m);
+          gs.load(m);
         }
         const int64_t j = m - p.hi;
         if (j >= 0 && j < e.c) {
-          window_sum<true>(xs.window(j - p.lo, j + p.hi, e.c, window), sums.data(), w);
-          backward_terms_row(p, static_cast<const T*>(xs.row(j)),
-                             static_cast<const T*>(gs.row(j)),
-                             static_cast<const T*>(sums.data()), g_over_q.row(j), ts.row(j),
-                             w);
+          window_sum<true>(window_rows(j - p.lo, j + p.hi, e.c, x_row, window), sums.data(), w);
+          backward_terms_row(p, xs.row(j), gs.row(j), static_cast<const T*>(sums.data()),
+                             g_over_q.row(j), ts.row(j), w);
         }
         const int64_t c = j - p.lo;
         if (c < 0) continue;
-        window_sum<false>(ts.window(c - p.hi, c + p.lo, e.c, window), sums.data(), w);
+        window_sum<false>(window_rows(c - p.hi, c + p.lo, e.c, t_row, window), sums.data(), w);
         const RowOutput<scalar_t> out{dx.at(n, c, s0), dx.stride_s, scratch.data()};
-        grad_input_row(p.grad_coef, static_cast<const T*>(xs.row(c)),
-                       static_cast<const T*>(g_over_q.row(c)), static_cast<const T*>(sums.data()),
-                       out.lanes(), w);
+        grad_input_row(p.grad_coef, xs.row(c), static_cast<const T*>(g_over_q.row(c)),
+                       static_cast<const T*>(sums.data()), out.lanes(), w);
         out.finish(w);
       }
     }

@@ -1,0 +1,82 @@
+"""pytest-benchmark settings for fastcnn's benchmarks.
+
+`pytest benchmarks/` times a quick subset on CPU (AlexNet conv1's LRN shape) and every case
+on a GPU; --full times every case anywhere. After the run, a table gives each case's median
+for fastcnn, eager PyTorch and torch.compile, fastcnn's speedups, and its bandwidth against
+a copy measured in the same run. --save-results PATH writes that table as JSON (the format
+of benchmarks/results/*.json and `fastcnn bench --json`).
+"""
+
+import json
+
+import pytest
+import torch
+
+from fastcnn import benchmarking
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+_medians = {}  # Case -> {implementation: median ms}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastcnn")
+    group.addoption("--full", action="store_true", help="every case, not the CPU subset")
+    group.addoption("--save-results", metavar="PATH", help="write the summary as JSON")
+
+
+def benchmark_cases(config_full):
+    if DEVICE == "cuda" or config_full:
+        return benchmarking.cases(batch=128 if DEVICE == "cuda" else 16)
+    return [c for c in benchmarking.cases(batch=16) if c.layer == "alexnet.conv1"]
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        op = metafunc.module.OP
+        selected = [c for c in benchmark_cases(metafunc.config.getoption("full")) if c.op == op]
+        metafunc.parametrize("case", selected, ids=[c.label.replace(" ", "-") for c in selected])
+    if "implementation" in metafunc.fixturenames:
+        metafunc.parametrize("implementation", benchmarking.IMPLEMENTATIONS)
+
+
+@pytest.fixture
+def time_case(benchmark):
+    """Benchmarks one case with one implementation and keeps its median for the summary."""
+
+    def run(case, implementation):
+        step = benchmarking.build(case, implementation, DEVICE)
+        if DEVICE == "cuda":
+            inner = step
+            step = lambda: (inner(), torch.cuda.synchronize())  # noqa: E731
+        benchmark.group = case.label
+        benchmark.extra_info.update(op=case.op, layer=case.layer, layout=case.layout,
+                                    mode=case.mode, implementation=implementation)
+        rounds = 50 if DEVICE == "cuda" else 10
+        benchmark.pedantic(step, rounds=rounds, warmup_rounds=3, iterations=1)
+        _medians.setdefault(case, {})[implementation] = benchmark.stats.stats.median * 1e3
+
+    return run
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    complete = {case: ms for case, ms in _medians.items() if "fastcnn" in ms}
+    if not complete:
+        return
+    rows = []
+    copies = {}
+    for case, milliseconds in complete.items():
+        key = (case.shape, case.dtype)
+        if key not in copies:
+            copies[key] = benchmarking.copy_seconds(case.shape, case.dtype, DEVICE) * 1e3
+        rows.append(benchmarking.summarize(case, milliseconds, copies[key]))
+    implementations = [i for i in benchmarking.IMPLEMENTATIONS
+                       if any(row.get(f"{i}_ms") is not None for row in rows)]
+    terminalreporter.write_sep("=", f"fastcnn vs PyTorch on {DEVICE} (medians, same run)")
+    terminalreporter.write_line(benchmarking.format_table(rows, tuple(implementations)))
+    path = config.getoption("save_results")
+    if path:
+        with open(path, "w") as f:
+            json.dump({"environment": benchmarking.environment(DEVICE), "results": rows}, f,
+                      indent=2)
+            f.write("\n")
+        terminalreporter.write_line(f"wrote {path}")

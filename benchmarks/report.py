@@ -1,0 +1,69 @@
+"""Renders benchmarks/results/*.json as the Markdown tables of README.md.
+
+    python benchmarks/report.py            # print the tables
+    python benchmarks/report.py --readme   # rewrite them in README.md, between the markers
+"""
+
+import argparse
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _ms(value):
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _speedup(row, baseline):
+    value = row.get(f"speedup_vs_{baseline}")
+    return "n/a" if value is None else f"{value:.1f}x"
+
+
+def table(path):
+    data = json.loads(path.read_text())
+    env = data["environment"]
+    lines = [
+        f"**{env['device']}** — torch {env['torch']}, triton {env['triton']}, "
+        f"fastcnn {env['fastcnn']}, {env['date']} (`{path.relative_to(ROOT)}`)",
+        "",
+        "| op | layer | input | layout | pass | fastcnn ms | eager ms | compile ms "
+        "| vs eager | vs compile | GB/s (of copy) |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in data["results"]:
+        lines.append(
+            f"| {row['op']} | {row['layer']} | {'x'.join(map(str, row['shape']))} "
+            f"| {row['layout']} | {row['mode']} | {_ms(row['fastcnn_ms'])} "
+            f"| {_ms(row.get('eager_ms'))} | {_ms(row.get('compile_ms'))} "
+            f"| {_speedup(row, 'eager')} | {_speedup(row, 'compile')} "
+            f"| {row['gb_per_s']:.1f} ({row['fraction_of_copy_bandwidth']:.0%}) |")
+    return "\n".join(lines)
+
+
+def report():
+    paths = sorted(RESULTS.glob("*.json"))
+    if not paths:
+        return "No recorded runs yet."
+    return "\n\n".join(table(path) for path in paths)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", action="store_true", help="update README.md in place")
+    args = parser.parse_args()
+    text = report()
+    if not args.readme:
+        print(text)
+        return
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    head, rest = content.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()

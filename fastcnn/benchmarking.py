@@ -1,0 +1,225 @@
+"""Benchmark cases and timing shared by `fastcnn bench` and benchmarks/ (pytest-benchmark):
+one list of real layer shapes, one way to build each implementation, one timer.
+
+Every case is timed for fastcnn and for its baselines in the same run: native PyTorch in
+eager mode and under torch.compile. Memory-bound ops also report achieved bandwidth and its
+fraction of a device-to-device copy of the same bytes, measured in the same run.
+"""
+
+import dataclasses
+import functools
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import fastcnn
+
+IMPLEMENTATIONS = ("fastcnn", "eager", "compile")
+MODES = ("forward", "forward+backward")
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    name: str
+    ours: object  # fastcnn's function of one tensor
+    theirs: object  # PyTorch's function of one tensor
+    layers: dict  # layer name -> (C, H, W) of its input, from the networks that use the op
+    # Tensors of the input's size that one call must move (forward; forward+backward).
+    min_traffic: dict
+
+
+# AlexNet's LRN: size 5, alpha 1e-4, beta 0.75, k 2 (Krizhevsky et al., 2012).
+_LRN_ARGS = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+
+OPS = {
+    "lrn": Op(
+        name="local_response_norm",
+        ours=functools.partial(fastcnn.functional.local_response_norm, **_LRN_ARGS),
+        theirs=functools.partial(F.local_response_norm, **_LRN_ARGS),
+        layers={
+            "alexnet.conv1": (96, 55, 55),  # after conv1 + ReLU
+            "alexnet.conv2": (256, 27, 27),  # after conv2 + ReLU
+        },
+        # forward reads x, writes y; backward reads x and dy, writes dx
+        min_traffic={"forward": 2, "forward+backward": 5},
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: str
+    layer: str
+    shape: tuple
+    channels_last: bool
+    mode: str
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def layout(self):
+        return "channels_last" if self.channels_last else "NCHW"
+
+    @property
+    def label(self):
+        return f"{self.op} {self.layer} {'x'.join(map(str, self.shape))} {self.layout} {self.mode}"
+
+
+def cases(ops=tuple(OPS), batch=16, layouts=(False, True), modes=MODES):
+    return [
+        Case(op, layer, (batch, *chw), channels_last, mode)
+        for op in ops
+        for layer, chw in OPS[op].layers.items()
+        for channels_last in layouts
+        for mode in modes
+    ]
+
+
+def make_input(case, device, requires_grad=False):
+    x = torch.randn(case.shape, dtype=case.dtype, device=device)
+    if case.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return x.requires_grad_(requires_grad)
+
+
+def _compiled(fn):
+    # Every case (shape, layout, with or without grad) is a specialisation of the same
+    # function: allow enough of them that none silently falls back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def build(case, implementation, device, inputs=2):
+    """A callable running one step of `case` with `implementation`. It cycles through
+    `inputs` fresh input tensors so that a GPU's L2 cache cannot hold the working set."""
+    op = OPS[case.op]
+    fn = {"fastcnn": op.ours, "eager": op.theirs, "compile": _compiled(op.theirs)}[implementation]
+    backward = case.mode == "forward+backward"
+    xs = [make_input(case, device, requires_grad=backward) for _ in range(inputs)]
+    grad = torch.randn_like(xs[0]) if backward else None
+    state = {"i": 0}
+
+    def step():
+        x = xs[state["i"] % len(xs)]
+        state["i"] += 1
+        y = fn(x)
+        if backward:
+            x.grad = None
+            y.backward(grad)
+
+    return step
+
+
+def _synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(step, device, repeats=10, warmup=2, min_seconds=0.0):
+    """Median wall time in seconds of step() over `repeats` timed calls (at least
+    `min_seconds` in total), after `warmup` untimed ones; the device is synchronised
+    around each call."""
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    times = []
+    started = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - started < min_seconds:
+        begin = time.perf_counter()
+        step()
+        _synchronize(device)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def copy_seconds(shape, dtype, device, repeats=10):
+    """Median time of a device-to-device copy of one tensor of `shape` (read + write)."""
+    src = torch.randn(shape, dtype=dtype, device=device)
+    dst = torch.empty_like(src)
+    return measure(lambda: dst.copy_(src), device, repeats=repeats)
+
+
+def summarize(case, milliseconds, copy_ms):
+    """One result row: `milliseconds` maps implementation -> median ms (None if it could
+    not run); copy_ms is a same-size device-to-device copy measured in the same run."""
+    row = {"op": case.op, "layer": case.layer, "shape": list(case.shape),
+           "layout": case.layout, "mode": case.mode, "dtype": str(case.dtype)}
+    ours = milliseconds["fastcnn"]
+    for implementation, ms in milliseconds.items():
+        row[f"{implementation}_ms"] = ms
+        if implementation != "fastcnn" and ms is not None:
+            row[f"speedup_vs_{implementation}"] = ms / ours
+    tensor_bytes = torch.finfo(case.dtype).bits // 8 * torch.Size(case.shape).numel()
+    moved = OPS[case.op].min_traffic[case.mode] * tensor_bytes
+    row["gb_per_s"] = moved / ours / 1e6
+    row["copy_gb_per_s"] = 2 * tensor_bytes / copy_ms / 1e6
+    row["fraction_of_copy_bandwidth"] = row["gb_per_s"] / row["copy_gb_per_s"]
+    return row
+
+
+def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None):
+    """Times every case with every implementation; returns one summarize() row per case."""
+    results = []
+    copies = {}
+    for case in case_list:
+        milliseconds, errors = {}, {}
+        for implementation in implementations:
+            if log:
+                log(f"{case.label}: {implementation}")
+            try:
+                step = build(case, implementation, device)
+                milliseconds[implementation] = measure(step, device, repeats) * 1e3
+            except Exception as error:  # a baseline that cannot run here is reported
+                if implementation == "fastcnn":
+                    raise
+                milliseconds[implementation] = None
+                errors[f"{implementation}_error"] = f"{type(error).__name__}: {error}"
+        key = (case.shape, case.dtype)
+        if key not in copies:
+            copies[key] = copy_seconds(case.shape, case.dtype, device) * 1e3
+        results.append({**summarize(case, milliseconds, copies[key]), **errors})
+    return results
+
+
+def environment(device):
+    """What the numbers were measured on."""
+    info = fastcnn.backends.info()
+    device = torch.device(device)
+    return {
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({info['cpu']}, {info['cpu_threads']} threads)"),
+        "fastcnn": info["fastcnn"],
+        "torch": info["torch"],
+        "triton": info["triton"],
+        "python": info["python"],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _ms(value):
+    return "n/a" if value is None else f"{value:8.2f}"
+
+
+def _ratio(value):
+    return "n/a" if value is None else f"{value:6.1f}x"
+
+
+def format_table(results, implementations=IMPLEMENTATIONS):
+    """A plain-text table: median times, fastcnn's speedup over each baseline, bandwidth."""
+    header = ["case", *(f"{name} ms" for name in implementations),
+              *(f"vs {name}" for name in implementations[1:]), "GB/s (of copy)"]
+    lines = []
+    for row in results:
+        label = f"{row['layer']} {'x'.join(map(str, row['shape']))} {row['layout']} {row['mode']}"
+        lines.append([
+            label,
+            *(_ms(row.get(f"{name}_ms")) for name in implementations),
+            *(_ratio(row.get(f"speedup_vs_{name}")) for name in implementations[1:]),
+            f"{row['gb_per_s']:6.1f} ({row['fraction_of_copy_bandwidth']:4.0%})",
+        ])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
+    render = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                     for i, (c, w) in enumerate(zip(cells, widths)))
+    rule = "-" * len(render(header))
+    return "\n".join([render(header), rule, *map(render, lines)])

@@ -1,0 +1,41 @@
+"""Test setup: with no GPU, the Triton kernels run through Triton's interpreter, which has
+to be switched on before fastcnn (and so its kernels) is imported."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fastcnn  # noqa: E402
+from fastcnn import backends  # noqa: E402
+
+
+def pytest_configure(config):
+    # A test that meant to exercise a kernel must not pass on the reference by accident.
+    config.addinivalue_line("filterwarnings", "error::fastcnn.backends.FallbackWarning")
+
+
+def _backend_devices():
+    """(backend, device) pairs that this machine can run, as pytest params."""
+    pairs = [("reference", "cpu"), ("cpp", "cpu")]
+    if torch.cuda.is_available():
+        pairs += [("reference", "cuda"), ("triton", "cuda")]
+    if backends.TRITON_INTERPRET:
+        pairs.append(("triton", "cpu"))
+    return [pytest.param(pair, id=f"{pair[0]}-{pair[1]}") for pair in pairs]
+
+
+@pytest.fixture(params=_backend_devices())
+def backend_device(request):
+    """Every backend on every device it runs on here. A backend that should be here and is
+    not fails the test instead of skipping it."""
+    name, device = request.param
+    status = backends.info()["backends"][name]
+    if not status["available"]:
+        pytest.fail(f"the {name} backend is not available: {status['reason']}")
+    with fastcnn.use_backend(name):
+        yield name, device

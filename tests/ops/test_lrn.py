@@ -1,0 +1,246 @@
+"""local_response_norm against torch.nn.functional.local_response_norm, on every backend."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_close_to_reference, randn
+
+import fastcnn
+from fastcnn import backends
+from fastcnn.functional import local_response_norm
+from fastcnn.ops.layout import channel_view
+
+
+def run_both(x, size, alpha, beta, k, grad=None):
+    """(output, grad_input) of fastcnn and of torch (in float64) for input x."""
+    grad = randn(*x.shape, dtype=x.dtype, device=x.device) if grad is None else grad
+    x_ours = x.detach().clone().requires_grad_()
+    y = local_response_norm(x_ours, size, alpha, beta, k)
+    y.backward(grad)
+    x_ref = x.detach().double().requires_grad_()
+    y_ref = F.local_response_norm(x_ref, size, alpha, beta, k)
+    y_ref.backward(grad.double())
+    return (y, x_ours.grad), (y_ref, x_ref.grad)
+
+
+def check_against_torch(x, size, alpha=1e-4, beta=0.75, k=1.0, backend=None, device="cpu"):
+    (y, dx), (y_ref, dx_ref) = run_both(x, size, alpha, beta, k)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+    assert_close_to_reference(y, y_ref, x.dtype, backend, device)
+    assert_close_to_reference(dx, dx_ref, x.dtype, backend, device)
+
+
+# (shape, size, alpha, beta, k): odd and even windows, windows wider than C, C = 1, H = W = 1,
+# 3-d and 5-d inputs, and exponents with and without their own code paths.
+CASES = {
+    "odd-size": ((2, 7, 5, 6), 5, 0.3, 0.75, 1.0),
+    "even-size": ((2, 7, 5, 6), 4, 0.3, 0.75, 2.0),
+    "size-1": ((2, 7, 5, 6), 1, 0.3, 0.75, 1.0),
+    "size-above-C": ((2, 7, 3, 4), 9, 0.3, 0.75, 1.0),
+    "size-far-above-C": ((2, 3, 3, 4), 16, 0.3, 0.75, 1.0),
+    "C-1": ((3, 1, 4, 4), 3, 0.5, 0.75, 1.0),
+    "HW-1": ((4, 6, 1, 1), 3, 0.3, 0.75, 1.0),
+    "3d": ((3, 6, 11), 3, 0.3, 0.75, 1.0),
+    "5d": ((2, 6, 3, 4, 2), 5, 0.3, 0.75, 1.0),
+    "beta-0.5": ((2, 7, 5, 6), 5, 0.3, 0.5, 1.0),
+    "beta-1": ((2, 7, 5, 6), 3, 0.3, 1.0, 0.5),
+    "beta-2": ((2, 7, 5, 6), 3, 0.3, 2.0, 1.0),
+    "beta-0": ((2, 7, 5, 6), 3, 0.3, 0.0, 1.0),
+    "beta-negative": ((2, 7, 5, 6), 3, 0.3, -0.6, 1.0),
+    "alexnet": ((2, 96, 7, 7), 5, 1e-4, 0.75, 2.0),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_matches_torch_in_float64(backend_device, case):
+    backend, device = backend_device
+    shape, size, alpha, beta, k = case
+    x = randn(*shape, dtype=torch.float64, device=device)
+    check_against_torch(x, size, alpha, beta, k, backend, device)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 5, 6), (2, 6, 3, 4, 2)], ids=["4d", "5d"])
+def test_channels_last_matches_torch_and_keeps_its_layout(backend_device, shape):
+    backend, device = backend_device
+    x = randn(*shape, dtype=torch.float64, device=device, channels_last=True)
+    check_against_torch(x, 5, 0.3, 0.75, 1.0, backend, device)
+    memory_format = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    assert local_response_norm(x, 5).is_contiguous(memory_format=memory_format)
+
+
+NON_CONTIGUOUS = {
+    "every-other-channel": lambda t: t[:, ::2],
+    "every-other-column": lambda t: t[..., ::2],
+    "cropped-rows": lambda t: t[:, :, :, 1:5],  # spatial dims no longer share one stride
+    "transposed-hw": lambda t: t.transpose(2, 3),
+    "batch-innermost": lambda t: t.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2),
+    "channels-last-sliced": lambda t: t.to(memory_format=torch.channels_last)[:, 1:6, ::2],
+}
+
+
+@pytest.mark.parametrize("make", NON_CONTIGUOUS.values(), ids=NON_CONTIGUOUS.keys())
+def test_non_contiguous_inputs(backend_device, make):
+    backend, device = backend_device
+    x = make(randn(3, 9, 6, 7, dtype=torch.float64, device=device))
+    assert not x.is_contiguous()
+    check_against_torch(x, 3, 0.3, 0.75, 1.0, backend, device)
+
+
+def test_non_contiguous_grad_output(backend_device):
+    backend, device = backend_device
+    x = randn(2, 6, 5, 5, dtype=torch.float64, device=device)
+    grad = randn(2, 5, 5, 12, dtype=torch.float64, device=device)[..., ::2].permute(0, 3, 1, 2)
+    assert grad.shape == x.shape and not grad.is_contiguous()
+    (y, dx), (y_ref, dx_ref) = run_both(x, 5, 0.3, 0.75, 1.0, grad=grad)
+    assert_close_to_reference(dx, dx_ref, torch.float64, backend, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_low_precision_against_float64(backend_device, dtype, channels_last):
+    backend, device = backend_device
+    x = randn(2, 16, 5, 6, dtype=dtype, device=device, channels_last=channels_last)
+    check_against_torch(x, 5, 0.1, 0.75, 2.0, backend, device)
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_float32_relative_error_across_magnitudes(backend_device, beta):
+    """Window sums from 1e-6 to 1e6 exercise every range of the power function."""
+    backend, device = backend_device
+    scale = torch.logspace(-3, 3, 7, dtype=torch.float64).view(1, 1, 7, 1)
+    x = (randn(2, 8, 7, 5, dtype=torch.float64) * scale).to(device)
+    (y, _), (y_ref, _) = run_both(x.float(), 3, 1.0, beta, 1e-3)
+    torch.testing.assert_close(y.double().cpu(), y_ref.double().cpu(), rtol=1e-5, atol=0)
+
+
+def test_gradcheck(backend_device):
+    backend, device = backend_device
+    for size in (3, 4):
+        # small: Triton's interpreter takes tens of milliseconds a call
+        x = randn(2, 4, 2, 1, dtype=torch.float64, device=device).requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda t, size=size: local_response_norm(t, size, 0.5, 0.75, 1.0), (x,))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_nan_and_inf_propagate_like_torch(backend_device):
+    backend, device = backend_device
+    x = randn(2, 7, 4, 3, dtype=torch.float64, device=device)
+    x[0, 2, 1, 1] = float("nan")
+    x[1, 4, 2, 0] = float("inf")
+    x[1, 0, 0, 2] = -float("inf")
+    check_against_torch(x, 3, 0.1, 0.75, 1.0, backend, device)
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0, 3.0, 0.75])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_negative_base_follows_torch_pow(backend_device, beta):
+    """With k < 0 the base of the power can be negative: integer exponents give a real
+    power (with its sign), others NaN, as torch.pow."""
+    backend, device = backend_device
+    x = randn(2, 5, 3, 3, dtype=torch.float64, device=device)
+    check_against_torch(x, 3, 0.1, beta, -3.0, backend, device)
+
+
+def test_empty_batch(backend_device):
+    _, device = backend_device
+    for shape in [(0, 4, 3, 3), (0, 5, 6), (2, 4, 0, 3)]:
+        x = randn(*shape, device=device).requires_grad_()
+        y = local_response_norm(x, 3)
+        y.sum().backward()
+        assert y.shape == x.shape and x.grad.shape == x.shape
+
+
+def test_64_bit_offsets(backend_device):
+    """Element offsets beyond 2**31 (the storage is reserved, not touched)."""
+    backend, device = backend_device
+    if device != "cpu":
+        pytest.skip("the storage trick relies on lazily committed host memory")
+    big = 2**31 + 7
+    x = torch.empty_strided((2, 3, 4), (big, 4, 1), dtype=torch.float16)
+    x[0].normal_()
+    x[1].normal_()
+    y = torch.empty_strided((2, 3, 4), (big, 4, 1), dtype=torch.float16)
+    backends.kernels(backend).lrn_forward(channel_view(x), channel_view(y), 3, 0.5, 0.75, 1.0)
+    expected = F.local_response_norm(x.double(), 3, 0.5, 0.75, 1.0)
+    assert_close_to_reference(y, expected, torch.float16)
+
+
+def test_backward_uses_the_forward_backend(monkeypatch):
+    """The autograd Function keeps the backend of its forward for its backward."""
+    from fastcnn.kernels import reference
+
+    calls = []
+    original = reference.lrn_backward
+
+    def spy(*args):
+        calls.append(args)
+        original(*args)
+
+    monkeypatch.setattr(reference, "lrn_backward", spy)
+    x = randn(2, 5, 3, 3).requires_grad_()
+    with fastcnn.use_backend("reference"):
+        y = local_response_norm(x, 3)
+    y.sum().backward()  # outside the block, where CPU tensors would run the C++ kernels
+    assert len(calls) == 1
+
+
+def test_module_is_a_drop_in_for_torch():
+    ours = fastcnn.nn.LocalResponseNorm(5, alpha=1e-3, beta=0.75, k=2.0)
+    theirs = torch.nn.LocalResponseNorm(5, alpha=1e-3, beta=0.75, k=2.0)
+    assert isinstance(ours, torch.nn.LocalResponseNorm)
+    assert repr(ours) == repr(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x = randn(2, 16, 6, 6)
+    assert_close_to_reference(ours(x), theirs(x.double()), torch.float32)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3)
+        self.lrn = fastcnn.nn.LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0)
+
+    def forward(self, x):
+        return torch.relu(self.lrn(self.conv(x))).sum(dim=(2, 3))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_torch_compile_fullgraph(backend):
+    net = _Net().double()
+    x = randn(2, 3, 9, 9, dtype=torch.float64)
+    with fastcnn.use_backend(backend):
+        expected = net(x)
+        expected.sum().backward()
+        expected_grad = net.conv.weight.grad.clone()
+        net.zero_grad()
+        torch._dynamo.reset()
+        compiled = torch.compile(net, fullgraph=True)
+        actual = compiled(x)
+        actual.sum().backward()
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(net.conv.weight.grad, expected_grad)
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: local_response_norm(torch.randn(4, 5), 3), ValueError, ["input", "3"]),
+        (lambda: local_response_norm(torch.ones(2, 3, 4, dtype=torch.int64), 3), TypeError,
+         ["input", "int64"]),
+        (lambda: local_response_norm([[[1.0]]], 3), TypeError, ["input", "Tensor"]),
+        (lambda: local_response_norm(torch.randn(2, 3, 4), 0), ValueError, ["size", ">= 1"]),
+        (lambda: local_response_norm(torch.randn(2, 3, 4), 2.5), TypeError, ["size", "int"]),
+        (lambda: local_response_norm(torch.randn(2, 3, 4), 3, alpha=float("nan")), ValueError,
+         ["alpha", "finite"]),
+        (lambda: local_response_norm(torch.randn(2, 3, 4), 3, beta=float("inf")), ValueError,
+         ["beta", "finite"]),
+        (lambda: local_response_norm(torch.randn(2, 3, 4), 3, k="1"), TypeError, ["k"]),
+    ],
+    ids=["2d", "integer-dtype", "not-a-tensor", "size-0", "size-float", "alpha-nan",
+         "beta-inf", "k-string"])
+def test_bad_input_names_the_argument(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)
