@@ -1,0 +1,60 @@
+"""The `fastcnn` command line (run as `python -m fastcnn`, as the console script does)."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def fastcnn(*args):
+    return subprocess.run([sys.executable, "-m", "fastcnn", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_info_reports_versions_and_backends():
+    result = fastcnn("info")
+    assert result.returncode == 0, result.stderr
+    assert "fastcnn " in result.stdout
+    for name in ("reference", "cpp", "triton"):
+        assert name in result.stdout
+
+
+def test_info_json():
+    result = fastcnn("info", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert set(info["backends"]) == {"reference", "cpp", "triton"}
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path):
+    path = tmp_path / "results.json"
+    result = fastcnn("bench", "--batch", "1", "--repeats", "2", "--layout", "nchw",
+                     "--no-compile", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "alexnet.conv1 1x96x55x55 NCHW forward" in result.stdout
+    assert "vs eager" in result.stdout
+    data = json.loads(path.read_text())
+    assert data["environment"]["torch"]
+    rows = data["results"]
+    assert {(r["layer"], r["mode"]) for r in rows} == {
+        (layer, mode) for layer in ("alexnet.conv1", "alexnet.conv2")
+        for mode in ("forward", "forward+backward")}
+    for row in rows:
+        assert row["fastcnn_ms"] > 0 and row["eager_ms"] > 0
+        assert row["speedup_vs_eager"] == row["eager_ms"] / row["fastcnn_ms"]
+
+    # the README tables are rendered from such files
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    report.ROOT = tmp_path
+    assert "| lrn | alexnet.conv1 | 1x96x55x55 | NCHW | forward |" in report.table(path)
+
+
+def test_bad_arguments_exit_with_a_message():
+    result = fastcnn("bench", "--ops", "softmax")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
