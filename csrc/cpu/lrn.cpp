@@ -131,7 +131,7 @@ FASTCNN_INLINE void for_each_power(const LrnConstants<T>& p, const T* __restrict
       }
       break;
     case PowerKind::kGeneral: {
-      const T beta = static_cast<T>(p.power.beta);
+      const double beta = p.power.beta;
       const T negative_base_factor = static_cast<T>(p.power.negative_base_factor);
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
@@ -171,9 +171,13 @@ FASTCNN_TARGET_CLONES void grad_input_row(T coef, const T* __restrict x,
                                           const T* __restrict g_over_q,
                                           const T* __restrict t_sums, scalar_t* __restrict dx,
                                           int64_t n) {
+  // With beta == 0 the cross term is exactly zero, as in torch.pow's gradient, even where
+  // t is not finite (s == 0).
+  const bool has_cross_term = coef != T(0);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    dx[i] = static_cast<scalar_t>(g_over_q[i] - coef * x[i] * t_sums[i]);
+    const T cross = has_cross_term ? coef * x[i] * t_sums[i] : T(0);
+    dx[i] = static_cast<scalar_t>(g_over_q[i] - cross);
   }
 }
 
@@ -424,9 +428,20 @@ void backward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<con
   });
 }
 
-// The pixels tiling is used when channels are contiguous (channels_last), unless there is
-// a single channel, whose rows run along space.
-bool use_pixel_tiles(const at::Tensor& x) { return x.size(1) > 1 && x.stride(1) == 1; }
+// The vector lanes run along whichever axis is contiguous in memory (channels for
+// channels_last, space for NCHW), unless that axis is too short to fill vectors while the
+// other is longer; then, as for layouts with neither axis contiguous, the longer one.
+bool use_pixel_tiles(const at::Tensor& x) {
+  constexpr int64_t kShortAxis = 16;
+  const int64_t channels = x.size(1), positions = x.size(2);
+  if (x.stride(1) == 1 && channels > 1 && (channels >= kShortAxis || channels >= positions)) {
+    return true;
+  }
+  if (x.stride(2) == 1 && positions > 1 && (positions >= kShortAxis || positions >= channels)) {
+    return false;
+  }
+  return channels > positions;
+}
 
 void check_lrn_args(const at::Tensor& x, int64_t size) {
   check_cpu_float_3d(x, "input");
@@ -440,12 +455,21 @@ void check_output(const at::Tensor& out, const at::Tensor& x, const char* name) 
               " must not have overlapping elements (it is written to)");
 }
 
+// Outputs are written while inputs are still being read.
+void check_disjoint(const at::Tensor& out, const char* out_name, const at::Tensor& in,
+                    const char* in_name) {
+  const auto status = at::get_overlap_status(out, in);
+  TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
+              out_name, " must not share memory with ", in_name);
+}
+
 }  // namespace
 
 void lrn_forward(const at::Tensor& input, const at::Tensor& output, int64_t size,
                  double alpha, double beta, double k) {
   check_lrn_args(input, size);
   check_output(output, input, "output");
+  check_disjoint(output, "output", input, "input");
   const Extent e{input.size(0), input.size(1), input.size(2)};
   if (input.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -468,6 +492,8 @@ void lrn_backward(const at::Tensor& input, const at::Tensor& grad_output,
   check_cpu_float_3d(grad_output, "grad_output");
   check_same_shape_and_dtype(grad_output, input, "grad_output", "input");
   check_output(grad_input, input, "grad_input");
+  check_disjoint(grad_input, "grad_input", input, "input");
+  check_disjoint(grad_input, "grad_input", grad_output, "grad_output");
   const Extent e{input.size(0), input.size(1), input.size(2)};
   if (input.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -29,6 +29,9 @@ def lrn_backward(input, grad_output, grad_input, size, alpha, beta, k):
     x, g = input.to(dtype), grad_output.to(dtype)
     s = k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
     g_over_q = g / s.pow(beta)
-    t = g_over_q * x / s
-    t_sum = _channel_window_sum(t, (size - 1) // 2, size // 2)
-    grad_input.copy_(g_over_q - 2 * alpha * beta / size * x * t_sum)
+    coef = 2 * alpha * beta / size
+    if coef == 0:  # no cross term (as torch.pow's gradient for beta == 0), even where s == 0
+        grad_input.copy_(g_over_q)
+        return
+    t_sum = _channel_window_sum(g_over_q * x / s, (size - 1) // 2, size // 2)
+    grad_input.copy_(g_over_q - coef * x * t_sum)

@@ -20,6 +20,8 @@ without a layout copy; Triton specialises a stride of 1 and makes that axis the
 contiguous one of the tile.
 """
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -33,14 +35,16 @@ _TILE = 2048
 
 @triton.jit
 def _power(s, beta, BETA_KIND: tl.constexpr):
-    """s ** beta with torch.pow's special cases (s^0 == 1, negative s only for integer beta)."""
+    """s ** beta (beta a float64 scalar) with torch.pow's special cases: s^0 == 1, and a
+    negative s has a real power only for an integer beta."""
     if BETA_KIND == 0:
         q = tl.full(s.shape, 1.0, s.dtype)
     elif BETA_KIND == 1:
         root = tl.sqrt(s)
         q = root * tl.sqrt(root)
     else:
-        magnitude = tl.exp2(beta * tl.log2(tl.abs(s)))
+        # in float64: in float32, beta * log2|s| loses up to 1e-5 relative for |z| near 100
+        magnitude = tl.exp2(beta * tl.log2(tl.abs(s).to(tl.float64))).to(s.dtype)
         if BETA_KIND == 2:
             q = tl.where(s < 0, float("nan"), magnitude)
         elif BETA_KIND == 3:
@@ -126,7 +130,7 @@ def _lrn_forward_kernel(
                                     ACC_DTYPE, BLOCK_C, BLOCK_S)
     x = tl.load(x_image + channels.to(tl.int64)[:, None] * x_stride_c + x_s, mask=mask)
     s = tl.cast(k, ACC_DTYPE) + tl.cast(alpha_over_size, ACC_DTYPE) * window
-    y = x.to(ACC_DTYPE) / _power(s, tl.cast(beta, ACC_DTYPE), BETA_KIND)
+    y = x.to(ACC_DTYPE) / _power(s, beta, BETA_KIND)
 
     y_offsets = (image * y_stride_n + channels.to(tl.int64)[:, None] * y_stride_c +
                  positions.to(tl.int64)[None, :] * y_stride_s)
@@ -173,7 +177,6 @@ def _lrn_backward_kernel(
     x_s = positions.to(tl.int64)[None, :] * x_stride_s
     g_s = positions.to(tl.int64)[None, :] * g_stride_s
     alpha_over_size = tl.cast(alpha_over_size, ACC_DTYPE)
-    beta = tl.cast(beta, ACC_DTYPE)
     k = tl.cast(k, ACC_DTYPE)
 
     # sum of t_j over the transposed window [c - hi, c + lo]
@@ -193,7 +196,10 @@ def _lrn_backward_kernel(
     g = tl.load(g_image + c64 * g_stride_c + g_s, mask=mask).to(ACC_DTYPE)
     s = k + alpha_over_size * _window_sum_of_squares(
         x_image, channels, x_s, s_mask, C, x_stride_c, lo, hi, ACC_DTYPE, BLOCK_C, BLOCK_S)
-    dx = g / _power(s, beta, BETA_KIND) - tl.cast(grad_coef, ACC_DTYPE) * x * t_sum
+    # With beta == 0 the cross term is exactly zero, as in torch.pow's gradient, even
+    # where t is not finite (s == 0).
+    cross = tl.where(grad_coef == 0, 0.0, tl.cast(grad_coef, ACC_DTYPE) * x * t_sum)
+    dx = g / _power(s, beta, BETA_KIND) - cross
 
     dx_offsets = (image * dx_stride_n + c64 * dx_stride_c +
                   positions.to(tl.int64)[None, :] * dx_stride_s)
@@ -229,6 +235,13 @@ def _launch_settings(x):
     return grid, options
 
 
+def _on_device_of(tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
 def _clipped_window(size, channels):
     """(lo, hi) of the window, clipped: a neighbour further than C - 1 is always padding."""
     return min(size // 2, channels - 1), min((size - 1) // 2, channels - 1)
@@ -239,10 +252,11 @@ def lrn_forward(input, output, size, alpha, beta, k):
     if input.numel() == 0:
         return
     grid, options = _launch_settings(input)
-    _lrn_forward_kernel[grid](
-        input, output, input.shape[1], input.shape[2], *input.stride(), *output.stride(),
-        *_clipped_window(size, input.shape[1]), alpha / size, beta, k,
-        BETA_KIND=_beta_kind(beta), **options)
+    with _on_device_of(input):
+        _lrn_forward_kernel[grid](
+            input, output, input.shape[1], input.shape[2], *input.stride(), *output.stride(),
+            *_clipped_window(size, input.shape[1]), alpha / size, beta, k,
+            BETA_KIND=_beta_kind(beta), **options)
 
 
 def lrn_backward(input, grad_output, grad_input, size, alpha, beta, k):
@@ -250,8 +264,9 @@ def lrn_backward(input, grad_output, grad_input, size, alpha, beta, k):
     if input.numel() == 0:
         return
     grid, options = _launch_settings(input)
-    _lrn_backward_kernel[grid](
-        input, grad_output, grad_input, input.shape[1], input.shape[2], *input.stride(),
-        *grad_output.stride(), *grad_input.stride(), *_clipped_window(size, input.shape[1]),
-        alpha / size, beta, k, 2.0 * alpha * beta / size,
-        BETA_KIND=_beta_kind(beta), **options)
+    with _on_device_of(input):
+        _lrn_backward_kernel[grid](
+            input, grad_output, grad_input, input.shape[1], input.shape[2], *input.stride(),
+            *grad_output.stride(), *grad_input.stride(), *_clipped_window(size, input.shape[1]),
+            alpha / size, beta, k, 2.0 * alpha * beta / size,
+            BETA_KIND=_beta_kind(beta), **options)
