@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import os
 import platform
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -102,9 +103,15 @@ def _backend_from_environment():
     return value
 
 
-# The forced backend (None: chosen from the device), and who forced it.
-_forced = _backend_from_environment()
+# The forced backend (None: chosen from the device) and who forced it. A plain module
+# global, so that torch.compile guards on it and re-traces when it changes.
+_ENVIRONMENT_BACKEND = _backend_from_environment()
+_forced = _ENVIRONMENT_BACKEND
 _forced_by = "FASTCNN_BACKEND" if _forced else None
+# Open use_backend blocks in the order they were entered, from any thread: the last one
+# is in force.
+_overrides = []
+_overrides_lock = threading.Lock()
 _warned = set()
 
 
@@ -162,22 +169,38 @@ def report_fallback(op, backend, device):
         "`fastcnn info` lists the backends.", FallbackWarning, stacklevel=2)
 
 
+def _apply_overrides():
+    global _forced, _forced_by
+    if _overrides:
+        _, _forced, _forced_by = _overrides[-1]
+    else:
+        _forced = _ENVIRONMENT_BACKEND
+        _forced_by = "FASTCNN_BACKEND" if _forced else None
+
+
 @contextlib.contextmanager
 def use_backend(name):
     """Run every fastcnn op in the block on backend `name` ("reference", "cpp", "triton"),
-    or on the device's own backend when `name` is None. The setting is process-wide."""
-    global _forced, _forced_by
+    or on each device's own backend when `name` is None.
+
+    The setting is process-wide, for every thread: of the blocks open at a time, the one
+    entered last is in force, and when all have closed FASTCNN_BACKEND (or the automatic
+    choice) is back."""
     if name is not None and name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}")
     if name is not None and not _STATUS[name].available:
         raise BackendUnavailableError(
             f"the {name!r} fastcnn backend cannot run here: {_STATUS[name].reason}")
-    previous = _forced, _forced_by
-    _forced, _forced_by = name, f"use_backend({name!r})"
+    token = object()
+    with _overrides_lock:
+        _overrides.append((token, name, f"use_backend({name!r})"))
+        _apply_overrides()
     try:
         yield
     finally:
-        _forced, _forced_by = previous
+        with _overrides_lock:
+            _overrides[:] = [entry for entry in _overrides if entry[0] is not token]
+            _apply_overrides()
 
 
 def kernels(name):

@@ -17,6 +17,9 @@ from fastcnn import backends  # noqa: E402
 def pytest_configure(config):
     # A test that meant to exercise a kernel must not pass on the reference by accident.
     config.addinivalue_line("filterwarnings", "error::fastcnn.backends.FallbackWarning")
+    # Triton's interpreter computes with NumPy, which warns where IEEE arithmetic makes
+    # inf and NaN on purpose (the tests of special values and extreme magnitudes).
+    config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")
 
 
 def _backend_devices():

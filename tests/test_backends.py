@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 import warnings
 
 import pytest
@@ -108,3 +109,31 @@ def test_info_lists_every_backend_with_a_reason():
         status = info["backends"][name]
         assert isinstance(status["available"], bool) and status["reason"]
     assert info["cpp_build"]["openmp"] is True
+
+
+def test_use_backend_blocks_overlapping_across_threads_restore_cleanly():
+    """Thread A enters, thread B enters, A leaves, B leaves: B's choice holds while it is
+    open, and the automatic choice is back at the end."""
+    a_entered, b_entered, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with fastcnn.use_backend("cpp"):
+            a_entered.set()
+            b_entered.wait(10)
+        a_left.set()
+
+    def b():
+        a_entered.wait(10)
+        with fastcnn.use_backend("reference"):
+            b_entered.set()
+            a_left.wait(10)
+            seen["inside"] = backends.select("op", torch.zeros(1))
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen["inside"] == "reference"
+    assert backends._forced is None and backends.select("op", torch.zeros(1)) == "cpp"
