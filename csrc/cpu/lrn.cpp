@@ -12,20 +12,20 @@
 //   dL/dx_c = g_c / s_c^beta - (2 alpha beta / size) x_c sum_{j in [c - hi, c + lo]} t_j,
 //   t_j = g_j x_j / (s_j^beta s_j).
 //
-// Both directions make one pass over memory: every element of x (and g) is read once and
-// every output written once; window sums are taken from copies in a small buffer that
-// stays in L2. Backward needs only x and g: it recomputes s from x, which is cheaper than
+// Both directions make one pass over memory: every element of x (and g) is read from
+// memory once and every output written once; the window sums re-read rows that are still
+// in L1/L2. Backward needs only x and g: it recomputes s from x, which is cheaper than
 // writing s out in forward and reading it back.
 //
-// Two tilings, chosen by the layout of x:
-//   channel rows (NCHW-like): a tile is a run of W spatial positions of one image, walked
-//     channel by channel; the vector lanes run along space. Each step loads one channel
-//     row into a ring that holds the rows the current window needs, so the reads stream
-//     through memory in order;
-//   pixels (channels_last): a tile is the C channels of one position, contiguous in
-//     memory; the lanes run along channels and a window is a set of shifted copies of one
-//     zero-padded row.
-// Any other strides go through the channel-rows tiling with strided loads and stores.
+// Two tilings; the vector lanes run along the axis that is contiguous in memory (see
+// use_pixel_tiles):
+//   channel rows (NCHW): a tile is a run of up to kMaxRowWidth spatial positions of one
+//     image, walked channel by channel, so the reads stream through memory in order. Rows
+//     are used where they lie (float32 and float64), or converted to the accumulation type
+//     into a ring holding the rows the current windows need;
+//   pixels (channels_last): a tile is the C channels of one position; a window is a set of
+//     shifted copies of one zero-padded row.
+// Other strides work in either tiling, with strided loads and stores.
 #include <algorithm>
 #include <type_traits>
 #include <vector>

@@ -59,7 +59,8 @@ def test_matches_torch_in_float64(backend_device, case):
     check_against_torch(x, size, alpha, beta, k, backend, device)
 
 
-@pytest.mark.parametrize("shape", [(2, 7, 5, 6), (2, 6, 3, 4, 2)], ids=["4d", "5d"])
+@pytest.mark.parametrize("shape", [(2, 7, 5, 6), (2, 6, 3, 4, 2), (2, 3, 9, 9), (2, 40, 3, 3)],
+                         ids=["4d", "5d", "few-channels", "many-channels"])
 def test_channels_last_matches_torch_and_keeps_its_layout(backend_device, shape):
     backend, device = backend_device
     x = randn(*shape, dtype=torch.float64, device=device, channels_last=True)
@@ -84,6 +85,41 @@ def test_non_contiguous_inputs(backend_device, make):
     x = make(randn(3, 9, 6, 7, dtype=torch.float64, device=device))
     assert not x.is_contiguous()
     check_against_torch(x, 3, 0.3, 0.75, 1.0, backend, device)
+
+
+def test_nchw_with_few_positions(backend_device):
+    """Many channels over a 2x2 image: the kernels may run their lanes along channels."""
+    backend, device = backend_device
+    check_against_torch(randn(3, 40, 2, 2, dtype=torch.float64, device=device), 5, 0.3, 0.75,
+                        1.0, backend, device)
+
+
+@pytest.mark.parametrize("layout", ["channels-contiguous", "positions-contiguous", "neither"])
+def test_kernels_read_and_write_any_strides(backend_device, layout):
+    """The kernel entry points on (N, C, S) views: x contiguous along channels, along
+    positions or neither; grad and the outputs spread out (every other element of a larger
+    buffer). Against the reference kernels on the same views."""
+    backend, device = backend_device
+    n, c, s = 2, 20, 24
+
+    def view(kind):
+        if kind == "channels-contiguous":
+            return torch.empty(n, s, c, dtype=torch.float64, device=device).transpose(1, 2)
+        if kind == "positions-contiguous":
+            return torch.empty(n, c, s, dtype=torch.float64, device=device)
+        return torch.empty(n, s, 2 * c, dtype=torch.float64, device=device)[..., ::2] \
+            .transpose(1, 2)
+
+    x, grad = view(layout).normal_(), view("neither").normal_()
+    results = {}
+    for name in (backend, "reference"):
+        y, dx = view("neither").fill_(float("nan")), view("neither").fill_(float("nan"))
+        kernels = backends.kernels(name)
+        kernels.lrn_forward(x, y, 5, 0.3, 0.75, 1.0)
+        kernels.lrn_backward(x, grad, dx, 5, 0.3, 0.75, 1.0)
+        results[name] = (y, dx)
+    for ours, expected in zip(results[backend], results["reference"]):
+        assert_close_to_reference(ours, expected, torch.float64, backend, device)
 
 
 def test_non_contiguous_grad_output(backend_device):
