@@ -2,9 +2,9 @@
 fastcnn kernels, forward and backward."""
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from fastcnn import backends, ops
+from fastcnn.kernels import reference
 from fastcnn.functional._checks import check_feature_map, check_finite, check_int
 
 
@@ -22,9 +22,14 @@ class LocalResponseNormFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
+        if torch.is_grad_enabled() and (input.requires_grad or grad_output.requires_grad):
+            # create_graph=True: second derivatives need a backward that autograd can see
+            # through, so it is built from PyTorch ops (the reference formula) instead of
+            # the kernel.
+            grad_input = reference.lrn_grad_input(input, grad_output, *ctx.lrn_args)
+            return grad_input.to(input.dtype), None, None, None, None
         grad_input = ops.lrn_backward(input, grad_output, *ctx.lrn_args, ctx.backend)
         return grad_input, None, None, None, None
 

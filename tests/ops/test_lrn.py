@@ -165,6 +165,24 @@ def test_gradcheck(backend_device):
             lambda t, size=size: local_response_norm(t, size, 0.5, 0.75, 1.0), (x,))
 
 
+def test_second_derivatives_match_torch(backend_device):
+    """create_graph=True (a gradient penalty, say): second derivatives as PyTorch's."""
+    backend, device = backend_device
+    x = randn(2, 6, 3, 3, dtype=torch.float64, device=device)
+    grad = randn(2, 6, 3, 3, dtype=torch.float64, device=device)
+    penalties = []
+    for fn in (local_response_norm, F.local_response_norm):
+        leaf = x.clone().requires_grad_()
+        (first,) = torch.autograd.grad(fn(leaf, 3, 0.5, 0.75, 1.0), leaf, grad, create_graph=True)
+        first.pow(2).sum().backward()
+        penalties.append((first.detach(), leaf.grad))
+    for ours, expected in zip(*penalties):
+        assert_close_to_reference(ours, expected, torch.float64, backend, device)
+    leaf = randn(1, 5, 2, 1, dtype=torch.float64, device=device).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: local_response_norm(t, 4, 0.5, 0.6, 2.0),
+                                        (leaf,))
+
+
 def test_nan_and_inf_propagate_like_torch(backend_device):
     backend, device = backend_device
     x = randn(2, 7, 4, 3, dtype=torch.float64, device=device)
