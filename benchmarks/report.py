@@ -27,7 +27,8 @@ def table(path):
     env = data["environment"]
     lines = [
         f"**{env['device']}** — torch {env['torch']}, triton {env['triton']}, "
-        f"fastcnn {env['fastcnn']}, {env['date']} (`{path.relative_to(ROOT)}`)",
+        f"fastcnn {env['fastcnn']} ({env.get('commit') or 'no commit recorded'}), "
+        f"{env['date']} (`{path.relative_to(ROOT)}`)",
         "",
         "| op | layer | input | layout | pass | fastcnn ms | eager ms | compile ms "
         "| vs eager | vs compile | GB/s (of copy) |",

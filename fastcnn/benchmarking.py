@@ -8,7 +8,9 @@ fraction of a device-to-device copy of the same bytes, measured in the same run.
 
 import dataclasses
 import functools
+import pathlib
 import statistics
+import subprocess
 import time
 
 import torch
@@ -94,7 +96,8 @@ def build(case, implementation, device, inputs=2):
     """A callable running one step of `case` with `implementation`. It cycles through
     `inputs` fresh input tensors so that a GPU's L2 cache cannot hold the working set."""
     op = OPS[case.op]
-    fn = {"fastcnn": op.ours, "eager": op.theirs, "compile": _compiled(op.theirs)}[implementation]
+    fn = _compiled(op.theirs) if implementation == "compile" else \
+        {"fastcnn": op.ours, "eager": op.theirs}[implementation]
     backward = case.mode == "forward+backward"
     xs = [make_input(case, device, requires_grad=backward) for _ in range(inputs)]
     grad = torch.randn_like(xs[0]) if backward else None
@@ -111,26 +114,37 @@ def build(case, implementation, device, inputs=2):
     return step
 
 
-def _synchronize(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+# On a GPU, each timing sample covers this many back-to-back calls, so that launch
+# latency overlaps with work as it does in a real network.
+CALLS_PER_GPU_SAMPLE = 10
 
 
-def measure(step, device, repeats=10, warmup=2, min_seconds=0.0):
-    """Median wall time in seconds of step() over `repeats` timed calls (at least
-    `min_seconds` in total), after `warmup` untimed ones; the device is synchronised
-    around each call."""
+def measure(step, device, repeats=10, warmup=2):
+    """Median seconds per call of step(), over `repeats` samples after `warmup` calls.
+    On CPU a sample is one call timed by the wall clock; on a GPU it is
+    CALLS_PER_GPU_SAMPLE calls between two CUDA events."""
     for _ in range(warmup):
         step()
-    _synchronize(device)
-    times = []
-    started = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - started < min_seconds:
-        begin = time.perf_counter()
-        step()
-        _synchronize(device)
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+    if torch.device(device).type != "cuda":
+        samples = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            step()
+            samples.append(time.perf_counter() - begin)
+        return statistics.median(samples)
+    with torch.cuda.device(device):
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(repeats):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(CALLS_PER_GPU_SAMPLE):
+                step()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3 / CALLS_PER_GPU_SAMPLE)
+        return statistics.median(samples)
 
 
 def copy_seconds(shape, dtype, device, repeats=10):
@@ -182,11 +196,23 @@ def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None
     return results
 
 
+def _source_revision():
+    """The git commit of the fastcnn source tree, when it is a checkout (else None)."""
+    root = pathlib.Path(fastcnn.__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
 def environment(device):
     """What the numbers were measured on."""
     info = fastcnn.backends.info()
     device = torch.device(device)
     return {
+        "commit": _source_revision(),
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({info['cpu']}, {info['cpu_threads']} threads)"),
         "fastcnn": info["fastcnn"],
