@@ -28,14 +28,14 @@ POINTER_TYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
 def variants():
     # every dtype with the general exponent; every exponent kind and both tilings in fp32
     for dtype in POINTER_TYPES:
-        yield dtype, 2, (16, 128), "i32"
-    for kind in (0, 1, 3, 4):
+        yield dtype, lrn._BETA_FRACTIONAL, (16, 128), "i32"
+    for kind in (lrn._BETA_ZERO, lrn._BETA_THREE_QUARTERS, lrn._BETA_EVEN, lrn._BETA_ODD):
         yield "fp32", kind, (16, 128), "i32"
-    yield "fp32", 1, (64, 32), "i64"
+    yield "fp32", lrn._BETA_THREE_QUARTERS, (64, 32), "i64"
 
 
 def compile_kernel(fn, dtype, kind, blocks, int_type, capability):
-    constexprs = {"BETA_KIND": kind, "ACC_DTYPE": POINTER_TYPES[dtype],
+    constexprs = {"BETA_KIND": kind.value, "ACC_DTYPE": POINTER_TYPES[dtype],
                   "BLOCK_C": blocks[0], "BLOCK_S": blocks[1]}
     signature, values = {}, {}
     for index, param in enumerate(fn.params):

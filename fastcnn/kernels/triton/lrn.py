@@ -27,7 +27,11 @@ import triton
 import triton.language as tl
 
 # How s^beta is computed, fixed at compile time (see _power).
-_BETA_ZERO, _BETA_THREE_QUARTERS, _BETA_FRACTIONAL, _BETA_EVEN, _BETA_ODD = range(5)
+_BETA_ZERO = tl.constexpr(0)
+_BETA_THREE_QUARTERS = tl.constexpr(1)
+_BETA_FRACTIONAL = tl.constexpr(2)
+_BETA_EVEN = tl.constexpr(3)
+_BETA_ODD = tl.constexpr(4)
 
 # Elements per program tile.
 _TILE = 2048
@@ -37,17 +41,17 @@ _TILE = 2048
 def _power(s, beta, BETA_KIND: tl.constexpr):
     """s ** beta (beta a float64 scalar) with torch.pow's special cases: s^0 == 1, and a
     negative s has a real power only for an integer beta."""
-    if BETA_KIND == 0:
+    if BETA_KIND == _BETA_ZERO:
         q = tl.full(s.shape, 1.0, s.dtype)
-    elif BETA_KIND == 1:
+    elif BETA_KIND == _BETA_THREE_QUARTERS:
         root = tl.sqrt(s)
         q = root * tl.sqrt(root)
     else:
         # in float64: in float32, beta * log2|s| loses up to 1e-5 relative for |z| near 100
         magnitude = tl.exp2(beta * tl.log2(tl.abs(s).to(tl.float64))).to(s.dtype)
-        if BETA_KIND == 2:
+        if BETA_KIND == _BETA_FRACTIONAL:
             q = tl.where(s < 0, float("nan"), magnitude)
-        elif BETA_KIND == 3:
+        elif BETA_KIND == _BETA_EVEN:
             q = magnitude
         else:
             q = tl.where(s < 0, -magnitude, magnitude)
@@ -207,13 +211,16 @@ def _lrn_backward_kernel(
 
 
 def _beta_kind(beta):
+    """The BETA_KIND of an exponent, as a plain int (the launcher's cache key)."""
     if beta == 0:
-        return _BETA_ZERO
-    if beta == 0.75:
-        return _BETA_THREE_QUARTERS
-    if beta != int(beta):
-        return _BETA_FRACTIONAL
-    return _BETA_ODD if int(beta) % 2 else _BETA_EVEN
+        kind = _BETA_ZERO
+    elif beta == 0.75:
+        kind = _BETA_THREE_QUARTERS
+    elif beta != int(beta):
+        kind = _BETA_FRACTIONAL
+    else:
+        kind = _BETA_ODD if int(beta) % 2 else _BETA_EVEN
+    return kind.value
 
 
 def _launch_settings(x):
