@@ -24,7 +24,6 @@ MODES = ("forward", "forward+backward")
 
 @dataclasses.dataclass(frozen=True)
 class Op:
-    name: str
     ours: object  # fastcnn's function of one tensor
     theirs: object  # PyTorch's function of one tensor
     layers: dict  # layer name -> (C, H, W) of its input, from the networks that use the op
@@ -37,7 +36,6 @@ _LRN_ARGS = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
 OPS = {
     "lrn": Op(
-        name="local_response_norm",
         ours=functools.partial(fastcnn.functional.local_response_norm, **_LRN_ARGS),
         theirs=functools.partial(F.local_response_norm, **_LRN_ARGS),
         layers={
