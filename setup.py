@@ -47,7 +47,7 @@ def cpp_extensions():
         # that torch has already loaded. -g0 drops the debug info Python's own CFLAGS ask
         # for (12 MB of it).
         cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
-                     "-fno-loop-unroll-and-jam", "-Wall"]
+                     "-fno-loop-unroll-and-jam", "-fno-tree-loop-distribute-patterns", "-Wall"]
         link_flags = ["-fopenmp"]
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
     extension = CppExtension(

@@ -3,10 +3,12 @@
 // compiler vectorise the hot loops for the machine that runs them.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <type_traits>
 
 // Force inlining of the per-element helpers into the loops that the compiler vectorises.
 #define FASTCNN_INLINE inline __attribute__((always_inline))
@@ -61,6 +63,19 @@ inline void check_same_shape_and_dtype(const at::Tensor& t, const at::Tensor& re
               ref.sizes(), ", got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have the dtype of ",
               ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+// Outputs are written while inputs are still being read.
+inline void check_disjoint(const at::Tensor& out, const char* out_name, const at::Tensor& in,
+                           const char* in_name) {
+  const auto status = at::get_overlap_status(out, in);
+  TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
+              out_name, " must not share memory with ", in_name);
+}
+
+inline void check_writable(const at::Tensor& out, const char* name) {
+  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, name,
+              " must not have overlapping elements (it is written to)");
 }
 
 }  // namespace fastcnn

@@ -38,6 +38,7 @@
 #include "../common.h"
 #include "ops.h"
 #include "power.h"
+#include "rows.h"
 
 namespace fastcnn::cpu {
 namespace {
@@ -79,18 +80,6 @@ struct Rows {
 // Row kernels: plain loops over n lanes that the compiler vectorises, compiled once per
 // vector ISA (FASTCNN_TARGET_CLONES).
 // ---------------------------------------------------------------------------------------
-
-// dst[i] = src[i * stride] as T.
-template <typename scalar_t, typename T>
-FASTCNN_TARGET_CLONES void load_row(const scalar_t* src, int64_t stride, T* __restrict dst,
-                                    int64_t n) {
-  if (stride == 1) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i * stride]);
-  }
-}
 
 // dst[i * stride] = src[i], for rows whose lanes are not contiguous in the output.
 template <typename scalar_t>
@@ -451,16 +440,7 @@ void check_lrn_args(const at::Tensor& x, int64_t size) {
 void check_output(const at::Tensor& out, const at::Tensor& x, const char* name) {
   check_cpu_float_3d(out, name);
   check_same_shape_and_dtype(out, x, name, "input");
-  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, name,
-              " must not have overlapping elements (it is written to)");
-}
-
-// Outputs are written while inputs are still being read.
-void check_disjoint(const at::Tensor& out, const char* out_name, const at::Tensor& in,
-                    const char* in_name) {
-  const auto status = at::get_overlap_status(out, in);
-  TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
-              out_name, " must not share memory with ", in_name);
+  check_writable(out, name);
 }
 
 }  // namespace

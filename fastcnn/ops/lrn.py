@@ -9,10 +9,19 @@ running anything.
 import torch
 
 from fastcnn import backends
+from fastcnn.ops._custom_op import custom_op
 from fastcnn.ops.layout import channel_view, channel_view_or_copy, empty_output
 
 
-@torch.library.custom_op("fastcnn::lrn_forward", mutates_args=())
+def _fake_forward(input, size, alpha, beta, k, backend):
+    return empty_output(input)
+
+
+def _fake_backward(input, grad_output, size, alpha, beta, k, backend):
+    return empty_output(input)
+
+
+@custom_op("fastcnn::lrn_forward", fake=_fake_forward)
 def lrn_forward(input: torch.Tensor, size: int, alpha: float, beta: float, k: float,
                 backend: str) -> torch.Tensor:
     backends.report_fallback("local_response_norm", backend, input.device)
@@ -22,12 +31,7 @@ def lrn_forward(input: torch.Tensor, size: int, alpha: float, beta: float, k: fl
     return output
 
 
-@lrn_forward.register_fake
-def _(input, size, alpha, beta, k, backend):
-    return empty_output(input)
-
-
-@torch.library.custom_op("fastcnn::lrn_backward", mutates_args=())
+@custom_op("fastcnn::lrn_backward", fake=_fake_backward)
 def lrn_backward(input: torch.Tensor, grad_output: torch.Tensor, size: int, alpha: float,
                  beta: float, k: float, backend: str) -> torch.Tensor:
     grad_input = empty_output(input)
@@ -35,8 +39,3 @@ def lrn_backward(input: torch.Tensor, grad_output: torch.Tensor, size: int, alph
         channel_view_or_copy(input), channel_view_or_copy(grad_output),
         channel_view(grad_input), size, alpha, beta, k)
     return grad_input
-
-
-@lrn_backward.register_fake
-def _(input, grad_output, size, alpha, beta, k, backend):
-    return empty_output(input)
