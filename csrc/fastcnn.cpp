@@ -43,4 +43,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "LRN gradient w.r.t. input into grad_input; (N, C, S) views.", py::arg("input"),
         py::arg("grad_output"), py::arg("grad_input"), py::arg("size"), py::arg("alpha"),
         py::arg("beta"), py::arg("k"), py::call_guard<py::gil_scoped_release>());
+  m.def("max_pool2d_forward", &fastcnn::cpu::max_pool2d_forward,
+        "Max-pooling into output (and the winners' window positions into positions, unless "
+        "None); (N, C, H, W) tensors.",
+        py::arg("input"), py::arg("output"), py::arg("positions"), py::arg("kernel_size"),
+        py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("max_pool2d_backward", &fastcnn::cpu::max_pool2d_backward,
+        "Max-pooling gradient w.r.t. input into grad_input, gathered by window positions.",
+        py::arg("grad_output"), py::arg("positions"), py::arg("grad_input"),
+        py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("global_avg_pool2d_forward", &fastcnn::cpu::global_avg_pool2d_forward,
+        "Mean over S of an (N, C, S) view into an (N, C, 1) view.", py::arg("input"),
+        py::arg("output"), py::call_guard<py::gil_scoped_release>());
+  m.def("global_avg_pool2d_backward", &fastcnn::cpu::global_avg_pool2d_backward,
+        "Global average pooling gradient: grad_output (N, C, 1) / S into grad_input (N, C, S).",
+        py::arg("grad_output"), py::arg("grad_input"), py::call_guard<py::gil_scoped_release>());
 }

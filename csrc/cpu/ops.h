@@ -4,6 +4,8 @@
 // agree with them).
 #pragma once
 
+#include <optional>
+
 #include <ATen/core/Tensor.h>
 
 namespace fastcnn::cpu {
@@ -14,5 +16,23 @@ void lrn_forward(const at::Tensor& input, const at::Tensor& output, int64_t size
 void lrn_backward(const at::Tensor& input, const at::Tensor& grad_output,
                   const at::Tensor& grad_input, int64_t size, double alpha, double beta,
                   double k);
+
+// Max-pooling of (N, C, H, W) input into (N, C, OH, OW) output; positions, if given, receive
+// each winner's place in its window (kh * kernel_w + kw): uint8 for windows of at most
+// 256 taps, else int32. kernel_size, stride, padding, dilation are (h, w).
+void max_pool2d_forward(const at::Tensor& input, const at::Tensor& output,
+                        const std::optional<at::Tensor>& positions, at::IntArrayRef kernel_size,
+                        at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation);
+
+void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& positions,
+                         const at::Tensor& grad_input, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation);
+
+// Global average pooling of an (N, C, S) view into an (N, C, 1) view, and its gradient.
+void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output);
+
+void global_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& grad_input);
 
 }  // namespace fastcnn::cpu

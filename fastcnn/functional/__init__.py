@@ -1,5 +1,6 @@
 """Public functions, one per op, each behind its own torch.autograd.Function."""
 
 from fastcnn.functional.lrn import local_response_norm
+from fastcnn.functional.pooling import global_avg_pool2d, max_pool2d
 
-__all__ = ["local_response_norm"]
+__all__ = ["global_avg_pool2d", "local_response_norm", "max_pool2d"]

@@ -2,5 +2,6 @@
 fastcnn function in forward."""
 
 from fastcnn.nn.lrn import LocalResponseNorm
+from fastcnn.nn.pooling import GlobalAvgPool2d, MaxPool2d
 
-__all__ = ["LocalResponseNorm"]
+__all__ = ["GlobalAvgPool2d", "LocalResponseNorm", "MaxPool2d"]

@@ -1,0 +1,186 @@
+// Global average pooling of (N, C, S) views into (N, C, 1), forward and backward, on CPU
+// tensors: y[n, c] = sum_s x[n, c, s] / S and dL/dx[n, c, s] = g[n, c] / S.
+//
+// Sums are accumulated in float64 whatever the input dtype: pooling reads each input once
+// from memory, so the wider arithmetic costs nothing measurable, and a mean over a large
+// image stays exact to the output's precision.
+//
+// The lanes run along the axis that is contiguous: positions for NCHW (one row sum per
+// channel, in eight interleaved partial sums so that it vectorises), channels for
+// channels_last (a running sum per channel, over the positions in order).
+#include <algorithm>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "../common.h"
+#include "ops.h"
+#include "rows.h"
+
+namespace fastcnn::cpu {
+namespace {
+
+// Channels per pixel tile: their running sums stay in L1.
+constexpr int64_t kChannelTile = 2048;
+
+// The sum of n contiguous values in float64.
+template <typename T>
+FASTCNN_TARGET_CLONES double sum_row(const T* __restrict x, int64_t n) {
+  constexpr int kParts = 8;
+  double parts[kParts] = {};
+  int64_t i = 0;
+  for (; i + kParts <= n; i += kParts) {
+#pragma omp simd
+    for (int k = 0; k < kParts; ++k) parts[k] += static_cast<double>(x[i + k]);
+  }
+  for (; i < n; ++i) parts[0] += static_cast<double>(x[i]);
+  double total = 0;
+  for (int k = 0; k < kParts; ++k) total += parts[k];
+  return total;
+}
+
+// sums[i] += x[i] for n lanes.
+template <typename T>
+FASTCNN_TARGET_CLONES void add_lanes(const T* __restrict x, double* __restrict sums, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) sums[i] += static_cast<double>(x[i]);
+}
+
+template <typename scalar_t>
+void forward_rows(const ChannelView<const scalar_t>& x, const ChannelView<scalar_t>& y,
+                  int64_t batch, int64_t channels, int64_t positions) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t grain = std::max<int64_t>(1, 4096 / positions);
+  const double scale = 1.0 / static_cast<double>(positions);
+  at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> row(positions);
+    for (int64_t n = begin / channels, c = begin % channels, r = begin; r < end; ++r) {
+      const T* v = lanes_of<T>(x.at(n, c, 0), x.stride_s, row.data(), positions);
+      *y.at(n, c, 0) = static_cast<scalar_t>(sum_row(v, positions) * scale);
+      if (++c == channels) {
+        c = 0;
+        ++n;
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<scalar_t>& y,
+                    int64_t batch, int64_t channels, int64_t positions) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t tiles = (channels + kChannelTile - 1) / kChannelTile;
+  at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> lanes(kChannelTile);
+    std::vector<double> sums(kChannelTile);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / tiles, c0 = t % tiles * kChannelTile;
+      const int64_t width = std::min(kChannelTile, channels - c0);
+      std::fill(sums.begin(), sums.end(), 0.0);
+      for (int64_t s = 0; s < positions; ++s) {
+        add_lanes(lanes_of<T>(x.at(n, c0, s), x.stride_c, lanes.data(), width), sums.data(),
+                  width);
+      }
+      for (int64_t i = 0; i < width; ++i) sums[i] /= static_cast<double>(positions);
+      store_row(sums.data(), y.at(n, c0, 0), y.stride_c, width);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_rows(const ChannelView<const scalar_t>& g, const ChannelView<scalar_t>& dx,
+                   int64_t batch, int64_t channels, int64_t positions) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t grain = std::max<int64_t>(1, 4096 / positions);
+  at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> row(positions);
+    for (int64_t n = begin / channels, c = begin % channels, r = begin; r < end; ++r) {
+      std::fill(row.begin(), row.end(), static_cast<T>(*g.at(n, c, 0)) / static_cast<T>(positions));
+      store_row(row.data(), dx.at(n, c, 0), dx.stride_s, positions);
+      if (++c == channels) {
+        c = 0;
+        ++n;
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_pixels(const ChannelView<const scalar_t>& g, const ChannelView<scalar_t>& dx,
+                     int64_t batch, int64_t channels, int64_t positions) {
+  using T = at::opmath_type<scalar_t>;
+  at::parallel_for(0, batch * positions, std::max<int64_t>(1, 4096 / channels),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<T> lanes(channels);
+    int64_t filled_for = -1;  // the image whose gradients `lanes` holds
+    for (int64_t n = begin / positions, s = begin % positions, r = begin; r < end; ++r) {
+      if (n != filled_for) {
+        load_row(g.at(n, 0, 0), g.stride_c, lanes.data(), channels);
+        for (auto& v : lanes) v /= static_cast<T>(positions);
+        filled_for = n;
+      }
+      store_row(lanes.data(), dx.at(n, 0, s), dx.stride_c, channels);
+      if (++s == positions) {
+        s = 0;
+        ++n;
+      }
+    }
+  });
+}
+
+// Lanes along channels when they are contiguous and positions are not, or positions are
+// too few to fill vectors.
+bool use_pixels(const at::Tensor& x) {
+  const int64_t channels = x.size(1), positions = x.size(2);
+  if (channels <= 1) return false;
+  return x.stride(1) == 1 && (x.stride(2) != 1 || positions < 16);
+}
+
+void check_pooled(const at::Tensor& pooled, const at::Tensor& x, const char* name,
+                  const char* x_name) {
+  check_cpu_float_3d(pooled, name);
+  TORCH_CHECK(pooled.size(0) == x.size(0) && pooled.size(1) == x.size(1) && pooled.size(2) == 1,
+              name, " must be (N, C, 1) for ", x_name, " of shape ", x.sizes(), ", got ",
+              pooled.sizes());
+  TORCH_CHECK(pooled.scalar_type() == x.scalar_type(), name, " must have the dtype of ", x_name,
+              " (", x.scalar_type(), "), got ", pooled.scalar_type());
+}
+
+}  // namespace
+
+void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output) {
+  check_cpu_float_3d(input, "input");
+  check_pooled(output, input, "output", "input");
+  check_writable(output, "output");
+  check_disjoint(output, "output", input, "input");
+  if (output.numel() == 0) return;
+  TORCH_CHECK(input.size(2) > 0, "input must have at least one position to average, got shape ",
+              input.sizes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_global_avg_pool2d_forward", [&] {
+        const ChannelView<const scalar_t> x(input);
+        const ChannelView<scalar_t> y(output);
+        const auto f = use_pixels(input) ? forward_pixels<scalar_t> : forward_rows<scalar_t>;
+        f(x, y, input.size(0), input.size(1), input.size(2));
+      });
+}
+
+void global_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& grad_input) {
+  check_cpu_float_3d(grad_input, "grad_input");
+  check_pooled(grad_output, grad_input, "grad_output", "grad_input");
+  check_writable(grad_input, "grad_input");
+  check_disjoint(grad_input, "grad_input", grad_output, "grad_output");
+  if (grad_input.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_input.scalar_type(), "fastcnn_global_avg_pool2d_backward",
+      [&] {
+        const ChannelView<const scalar_t> g(grad_output);
+        const ChannelView<scalar_t> dx(grad_input);
+        const auto f = use_pixels(grad_input) ? backward_pixels<scalar_t> : backward_rows<scalar_t>;
+        f(g, dx, grad_input.size(0), grad_input.size(1), grad_input.size(2));
+      });
+}
+
+}  // namespace fastcnn::cpu

@@ -1,0 +1,837 @@
+// 2-d max-pooling of (N, C, H, W) into (N, C, OH, OW) on CPU tensors, forward and backward.
+//
+// The window of output (oh, ow) has the taps (kh, kw), kh < KH and kw < KW, at input row
+// oh * stride_h - pad_h + kh * dilation_h and column ow * stride_w - pad_w + kw * dilation_w;
+// taps outside the input are skipped. The results are PyTorch's, bit for bit: the taps are
+// scanned in row-major order from (-inf, first tap in bounds), and a tap replaces the
+// running maximum when v > max or v is NaN. So the first maximum wins a tie, the last NaN
+// wins over everything, and a window of -inf reports its first tap in bounds.
+//
+// Forward optionally writes each winner's position in its window, kh * KW + kw (one byte
+// when KH * KW <= 256): that is all backward needs. Backward gathers, for every input
+// element, the gradients of the windows that picked it, adding them in the order of
+// increasing (oh, ow) as PyTorch's scatter does: deterministic, without atomics.
+//
+// Two tilings; the vector lanes run along the axis that is contiguous in memory:
+//   planes (NCHW): the lanes run along a row. Forward is separable: the maximum of each
+//     input row's horizontal windows first (kept in a ring of rows, as consecutive
+//     output rows share input rows), then the maximum down the KH rows of each window.
+//     Rows first, then columns, is the row-major scan: each row's scan yields its first
+//     maximum (or its last NaN), and scanning those in row order yields the window's.
+//     Backward splits a row's columns by their remainder modulo stride_w: within one
+//     such phase, the inputs a tap column kw reaches form a contiguous run, as do the
+//     outputs it comes from.
+//   pixels (channels_last): the lanes run along channels, and each window is KH * KW
+//     channel rows combined in scan order.
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "../common.h"
+#include "ops.h"
+#include "rows.h"
+
+namespace fastcnn::cpu {
+namespace {
+
+// Row buffers are rounded up to this many lanes (a 512-bit vector of float32), so that the
+// loops over a row, often shorter than 64 lanes here, have no scalar remainder.
+constexpr int64_t kVectorLanes = 16;
+
+// One spatial axis of the pooling, and what every plane shares along it: the taps of each
+// output that lie in the input, and the windows over each input. Planned once per call,
+// so that no kernel loop divides.
+struct Axis {
+  int64_t in;  // input size
+  int64_t out;  // output size
+  int64_t kernel;
+  int64_t stride;
+  int64_t pad;
+  int64_t dilation;
+  // outputs [interior_begin, interior_end) have every tap in the input
+  int64_t interior_begin;
+  int64_t interior_end;
+  // out rounded up to whole vectors
+  int64_t padded_out;
+  std::vector<int64_t> first_tap, end_tap;  // per output: its taps in the input
+  // per input i, covers[cover_begin[i] .. cover_begin[i + 1]) are the windows over it as
+  // (tap, output) by increasing output
+  std::vector<int64_t> cover_begin;
+  std::vector<std::pair<int64_t, int64_t>> covers;
+
+  Axis(int64_t in_, int64_t out_, int64_t kernel_, int64_t stride_, int64_t pad_,
+       int64_t dilation_)
+      : in(in_), out(out_), kernel(kernel_), stride(stride_), pad(pad_), dilation(dilation_) {
+    for (int64_t o = 0; o < out; ++o) {
+      const int64_t s = start(o);
+      first_tap.push_back(s >= 0 ? 0 : (-s + dilation - 1) / dilation);
+      const int64_t room = in - 1 - s;
+      end_tap.push_back(room < 0 ? 0 : std::min(kernel, room / dilation + 1));
+    }
+    interior_begin = std::min(out, (pad + stride - 1) / stride);
+    const int64_t room = in - 1 + pad - (kernel - 1) * dilation;
+    interior_end = room < 0 ? interior_begin : std::clamp(room / stride + 1, interior_begin, out);
+    padded_out = (out + kVectorLanes - 1) / kVectorLanes * kVectorLanes;
+
+    for (int64_t i = 0; i < in; ++i) {
+      cover_begin.push_back(static_cast<int64_t>(covers.size()));
+      for (int64_t k = kernel - 1; k >= 0; --k) {
+        const int64_t t = i + pad - k * dilation;
+        if (t >= 0 && t % stride == 0 && t / stride < out) covers.emplace_back(k, t / stride);
+      }
+    }
+    cover_begin.push_back(static_cast<int64_t>(covers.size()));
+  }
+
+  int64_t start(int64_t o) const { return o * stride - pad; }
+  int64_t span() const { return (kernel - 1) * dilation + 1; }
+  // Calls f(k, o) for the windows over input i, by increasing o.
+  template <typename F>
+  void for_each_cover(int64_t i, F f) const {
+    for (int64_t c = cover_begin[i]; c < cover_begin[i + 1]; ++c) f(covers[c].first, covers[c].second);
+  }
+};
+
+// A 4-d tensor seen through its strides, in elements.
+template <typename T>
+struct ImageView {
+  T* data;
+  int64_t stride_n, stride_c, stride_h, stride_w;
+
+  explicit ImageView(const at::Tensor& t)
+      : data(static_cast<T*>(t.data_ptr())),
+        stride_n(t.stride(0)),
+        stride_c(t.stride(1)),
+        stride_h(t.stride(2)),
+        stride_w(t.stride(3)) {}
+
+  T* at(int64_t n, int64_t c, int64_t h, int64_t w) const {
+    return data + n * stride_n + c * stride_c + h * stride_h + w * stride_w;
+  }
+};
+
+template <typename T>
+constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
+
+// ---------------------------------------------------------------------------------------
+// Lane kernels: plain loops that the compiler vectorises, compiled once per vector ISA.
+// ---------------------------------------------------------------------------------------
+
+// The scan step: v replaces the running maximum when it is larger or NaN.
+template <typename T>
+FASTCNN_INLINE bool replaces(T v, T max) {
+  return v > max || v != v;
+}
+
+// For n lanes, the maximum over `count` taps in scan order: m[i] from taps[t][i], and
+// p[i] the winner's code, codes[t] (+ tap_positions[t][i] with kTapPositions).
+template <typename T, bool kPositions, bool kTapPositions>
+FASTCNN_TARGET_CLONES void max_of_taps(const T* const* taps, const int32_t* const* tap_positions,
+                                       const int32_t* codes, int64_t count, T* __restrict m,
+                                       int32_t* __restrict p, int64_t n) {
+  constexpr int64_t kBlock = 64;  // lanes whose running maxima stay in registers
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t width = std::min(kBlock, n - i0);
+    alignas(64) T best[kBlock];
+    alignas(64) int32_t winner[kBlock];
+    {
+      const T* v = taps[0] + i0;
+#pragma omp simd
+      for (int64_t i = 0; i < width; ++i) {
+        best[i] = v[i];
+        if constexpr (kPositions) winner[i] = codes[0] + (kTapPositions ? tap_positions[0][i0 + i] : 0);
+      }
+    }
+    for (int64_t t = 1; t < count; ++t) {
+      const T* v = taps[t] + i0;
+      const int32_t code = codes[t];
+      const int32_t* tp = kTapPositions ? tap_positions[t] + i0 : nullptr;
+#pragma omp simd
+      for (int64_t i = 0; i < width; ++i) {
+        const bool take = replaces(v[i], best[i]);
+        best[i] = take ? v[i] : best[i];
+        if constexpr (kPositions) winner[i] = take ? code + (kTapPositions ? tp[i] : 0) : winner[i];
+      }
+    }
+    std::copy(best, best + width, m + i0);
+    if constexpr (kPositions) std::copy(winner, winner + width, p + i0);
+  }
+}
+
+// The scan over three taps (a, b, c in scan order) of n lanes in one loop: the common
+// case of 3x3 windows, whose running maxima then never leave registers. The winners'
+// codes are code_* (+ the taps' own positions pa, pb, pc with kTapPositions).
+template <typename T, bool kPositions, bool kTapPositions>
+FASTCNN_INLINE void max_of_three(const T* __restrict a, const T* __restrict b,
+                                 const T* __restrict c, const int32_t* pa, const int32_t* pb,
+                                 const int32_t* pc, int32_t code_a, int32_t code_b,
+                                 int32_t code_c, T* __restrict m, int32_t* __restrict p,
+                                 int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    T best = a[i];
+    int32_t winner = code_a + (kTapPositions ? pa[i] : 0);
+    const T vb = b[i];
+    const bool take_b = replaces(vb, best);
+    best = take_b ? vb : best;
+    if constexpr (kPositions) winner = take_b ? code_b + (kTapPositions ? pb[i] : 0) : winner;
+    const T vc = c[i];
+    const bool take_c = replaces(vc, best);
+    best = take_c ? vc : best;
+    if constexpr (kPositions) winner = take_c ? code_c + (kTapPositions ? pc[i] : 0) : winner;
+    m[i] = best;
+    if constexpr (kPositions) p[i] = winner;
+  }
+}
+
+// A block of input rows of one plane, flattened (row r, column w at r * in + w), split
+// into `stride` phases: phase q holds the elements q, q + stride, q + 2 stride, ... after
+// `margin` elements (a multiple of stride) of zeros. Then tap k of the windows of row r
+// is one unit-stride run of a phase: the element of output column o is flattened element
+// (r * in + o * stride - pad + k * dilation), which is element o of the run that starts
+// at flattened element (r * in - pad + k * dilation); the margin keeps it in bounds.
+struct SplitRows {
+  int64_t stride, margin, length;  // `length` elements per phase
+
+  // fills phases from the `count` contiguous elements at `flat`
+  template <typename T>
+  void split(const T* __restrict flat, int64_t count, T* __restrict phases) const {
+    const int64_t skip = margin / stride;
+    if (stride == 1) {
+      std::copy(flat, flat + count, phases + skip);
+    } else if (stride == 2) {  // a pattern the compiler vectorises
+      T* even = phases + skip;
+      T* odd = phases + length + skip;
+      const int64_t pairs = count / 2;
+#pragma omp simd
+      for (int64_t j = 0; j < pairs; ++j) {
+        even[j] = flat[2 * j];
+        odd[j] = flat[2 * j + 1];
+      }
+      if (count % 2) even[pairs] = flat[count - 1];
+    } else {
+      for (int64_t i = 0; i < count; ++i) phases[(i % stride) * length + skip + i / stride] = flat[i];
+    }
+  }
+};
+
+// The horizontal windows of `rows` input rows: for each row and each output column
+// o < a.padded_out, the maximum over the window's taps in that row (and which tap won),
+// into m and p (rows of a.padded_out lanes). `flat` holds the rows (row r at r * a.in)
+// and `phases` their split (SplitRows). The loops run over whole vectors of lanes and
+// read all taps, in the input or not; lanes past a.out hold garbage, and the windows
+// that hang over a row's ends are redone exactly afterwards, from `flat`.
+template <typename T, bool kPositions>
+FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __restrict phases,
+                                       const SplitRows& layout, int64_t rows, const Axis& a,
+                                       T* __restrict m, int32_t* __restrict p) {
+  const int64_t kernel = a.kernel, dilation = a.dilation, stride = a.stride;
+  const int64_t lanes = a.padded_out;
+  constexpr int64_t kBlock = 64;  // lanes whose running maxima stay in registers
+  constexpr int64_t kMaxTaps = 64;
+  // run of tap k of row 0 starts at flattened element (margin - pad + k dilation) =
+  // phase tap_phase[k], element tap_index[k]; each row adds `in` to that
+  int64_t tap_phase[kMaxTaps], tap_index[kMaxTaps];
+  const int64_t taps = std::min(kernel, kMaxTaps);
+  for (int64_t k = 0; k < taps; ++k) {
+    const int64_t e = layout.margin - a.pad + k * dilation;
+    tap_phase[k] = e % stride;
+    tap_index[k] = e / stride;
+  }
+  const int64_t row_phase = a.in % stride, row_index = a.in / stride;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row_m = m + r * lanes;
+    int32_t* row_p = p + r * lanes;
+    if (kernel == 3) {
+      const auto tap = [&](int64_t k) { return phases + tap_phase[k] * layout.length + tap_index[k]; };
+      max_of_three<T, kPositions, false>(tap(0), tap(1), tap(2), nullptr, nullptr, nullptr, 0, 1,
+                                         2, row_m, row_p, lanes);
+    } else if (taps == kernel) {
+      for (int64_t o0 = 0; o0 < lanes; o0 += kBlock) {
+        const int64_t width = std::min(kBlock, lanes - o0);
+        alignas(64) T best[kBlock];
+        alignas(64) int32_t winner[kBlock];
+        for (int64_t k = 0; k < kernel; ++k) {
+          const T* tap = phases + tap_phase[k] * layout.length + tap_index[k] + o0;
+          if (k == 0) {
+#pragma omp simd
+            for (int64_t i = 0; i < width; ++i) {
+              best[i] = tap[i];
+              winner[i] = 0;
+            }
+            continue;
+          }
+#pragma omp simd
+          for (int64_t i = 0; i < width; ++i) {
+            const T v = tap[i];
+            const bool take = replaces(v, best[i]);
+            best[i] = take ? v : best[i];
+            if constexpr (kPositions) winner[i] = take ? static_cast<int32_t>(k) : winner[i];
+          }
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < width; ++i) {
+          row_m[o0 + i] = best[i];
+          if constexpr (kPositions) row_p[o0 + i] = winner[i];
+        }
+      }
+    }
+    const T* row = flat + r * a.in;
+    const auto exact = [&](int64_t o) {
+      T best = kMinusInf<T>;
+      auto winner = static_cast<int32_t>(a.first_tap[o]);
+      for (int64_t k = a.first_tap[o]; k < a.end_tap[o]; ++k) {
+        const T v = row[a.start(o) + k * dilation];
+        if (replaces(v, best)) {
+          best = v;
+          winner = static_cast<int32_t>(k);
+        }
+      }
+      row_m[o] = best;
+      if constexpr (kPositions) row_p[o] = winner;
+    };
+    if (taps == kernel) {
+      for (int64_t o = 0; o < a.interior_begin; ++o) exact(o);
+      for (int64_t o = a.interior_end; o < a.out; ++o) exact(o);
+    } else {  // windows too wide for the tap tables: every output the slow way
+      for (int64_t o = 0; o < a.out; ++o) exact(o);
+    }
+    for (int64_t k = 0; k < taps; ++k) {  // to the next row
+      tap_phase[k] += row_phase;
+      tap_index[k] += row_index;
+      if (tap_phase[k] >= stride) {
+        tap_phase[k] -= stride;
+        ++tap_index[k];
+      }
+    }
+  }
+}
+
+// For output rows [oh0, oh1): the maximum down each window's rows of horizontal maxima
+// (hm, hp: one row of `lanes` per input row from first_row on), in scan order, into
+// rows of m and p.
+template <typename T, bool kPositions>
+FASTCNN_TARGET_CLONES void column_windows(const T* __restrict hm, const int32_t* __restrict hp,
+                                          int64_t first_row, const Axis& ah, int64_t kernel_w,
+                                          int64_t oh0, int64_t oh1, int64_t lanes,
+                                          T* __restrict m, int32_t* __restrict p) {
+  constexpr int64_t kBlock = 64;
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    T* out_m = m + (oh - oh0) * lanes;
+    int32_t* out_p = p + (oh - oh0) * lanes;
+    const int64_t k0 = ah.first_tap[oh], k1 = ah.end_tap[oh];
+    if (k0 >= k1) {  // no row in the input (only odd dilations get here): -inf, as PyTorch
+      std::fill(out_m, out_m + lanes, kMinusInf<T>);
+      if constexpr (kPositions) std::fill(out_p, out_p + lanes, static_cast<int32_t>(k0 * kernel_w));
+      continue;
+    }
+    const auto row_of = [&](int64_t k) { return (ah.start(oh) + k * ah.dilation - first_row) * lanes; };
+    if (k1 - k0 == 3) {
+      const auto code = [&](int64_t k) { return static_cast<int32_t>(k * kernel_w); };
+      max_of_three<T, kPositions, kPositions>(
+          hm + row_of(k0), hm + row_of(k0 + 1), hm + row_of(k0 + 2), hp + row_of(k0),
+          hp + row_of(k0 + 1), hp + row_of(k0 + 2), code(k0), code(k0 + 1), code(k0 + 2), out_m,
+          out_p, lanes);
+      continue;
+    }
+    for (int64_t o0 = 0; o0 < lanes; o0 += kBlock) {
+      const int64_t width = std::min(kBlock, lanes - o0);
+      alignas(64) T best[kBlock];
+      alignas(64) int32_t winner[kBlock];
+      {
+        const T* v = hm + row_of(k0) + o0;
+        const int32_t* w = hp + row_of(k0) + o0;
+        const auto code = static_cast<int32_t>(k0 * kernel_w);
+#pragma omp simd
+        for (int64_t i = 0; i < width; ++i) {
+          best[i] = v[i];
+          if constexpr (kPositions) winner[i] = code + w[i];
+        }
+      }
+      for (int64_t k = k0 + 1; k < k1; ++k) {
+        const T* v = hm + row_of(k) + o0;
+        const int32_t* w = hp + row_of(k) + o0;
+        const auto code = static_cast<int32_t>(k * kernel_w);
+#pragma omp simd
+        for (int64_t i = 0; i < width; ++i) {
+          const bool take = replaces(v[i], best[i]);
+          best[i] = take ? v[i] : best[i];
+          if constexpr (kPositions) winner[i] = take ? code + w[i] : winner[i];
+        }
+      }
+#pragma omp simd
+      for (int64_t i = 0; i < width; ++i) {
+        out_m[o0 + i] = best[i];
+        if constexpr (kPositions) out_p[o0 + i] = winner[i];
+      }
+    }
+  }
+}
+
+// acc[i] += g[i] where the winner p[i] is the tap `code`. (Positions are widened to
+// int32 first: with bytes, the compiler's vectors would hold 64 lanes, more than a row.)
+template <typename T>
+FASTCNN_TARGET_CLONES void gather_lanes(const T* __restrict g, const int32_t* __restrict p,
+                                        int32_t code, T* __restrict acc, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = g[i];  // loaded whether or not it is added, so that the loop vectorises
+    acc[i] += p[i] == code ? v : T(0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward.
+// ---------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename pos_t>
+struct ForwardArgs {
+  ImageView<const scalar_t> x;
+  ImageView<scalar_t> y;
+  ImageView<pos_t> positions;  // unused without kPositions
+  int64_t batch, channels;
+  const Axis& h;
+  const Axis& w;
+};
+
+// Writes n lanes of maxima (and winners) to their place in y (and positions).
+template <typename scalar_t, typename pos_t, bool kPositions, typename T>
+FASTCNN_INLINE void store_lanes(const T* m, const int32_t* p, scalar_t* y, int64_t y_stride,
+                                pos_t* positions, int64_t positions_stride, int64_t n) {
+  store_row(m, y, y_stride, n);
+  if constexpr (kPositions) store_row(p, positions, positions_stride, n);
+}
+
+// Output rows per block of a plane: the block's input rows, their split and their
+// horizontal maxima stay in L2.
+int64_t output_rows_per_block(const Axis& ah, const Axis& aw, int64_t element_size) {
+  constexpr int64_t kBudget = 256 * 1024;
+  const int64_t per_input_row = element_size * (2 * aw.in + aw.padded_out) + 4 * aw.padded_out;
+  const int64_t input_rows = std::max(ah.span(), kBudget / std::max<int64_t>(per_input_row, 1));
+  return std::clamp((input_rows - ah.span()) / ah.stride + 1, int64_t{1}, ah.out);
+}
+
+template <typename scalar_t, typename pos_t, bool kPositions>
+void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
+  using T = at::opmath_type<scalar_t>;
+  const Axis& ah = args.h;
+  const Axis& aw = args.w;
+  const int64_t lanes = aw.padded_out;
+  const int64_t block = output_rows_per_block(ah, aw, sizeof(T));
+  const int64_t max_rows = std::min(ah.in, (block - 1) * ah.stride + ah.span());
+  // rows used where they lie when they are one contiguous run of T, else converted
+  const bool in_place = std::is_same_v<T, scalar_t> && args.x.stride_w == 1 &&
+                        (args.x.stride_h == aw.in || ah.in == 1);
+  SplitRows layout;
+  layout.stride = aw.stride;
+  layout.margin = (aw.pad / aw.stride + 1) * aw.stride;
+  layout.length = (layout.margin + max_rows * aw.in + aw.span()) / aw.stride + lanes + 1;
+  at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> converted(in_place ? 0 : max_rows * aw.in);
+    std::vector<T> phases(aw.stride * layout.length), hm(max_rows * lanes), m(block * lanes);
+    std::vector<int32_t> hp(kPositions ? max_rows * lanes : 0), p(kPositions ? block * lanes : 0);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / args.channels, c = plane % args.channels;
+      for (int64_t oh0 = 0; oh0 < ah.out; oh0 += block) {
+        const int64_t oh1 = std::min(ah.out, oh0 + block);
+        // the input rows the block's windows reach
+        const int64_t first_row = std::max<int64_t>(0, ah.start(oh0));
+        const int64_t last_row = std::min(ah.in - 1, ah.start(oh1 - 1) + (ah.kernel - 1) * ah.dilation);
+        const int64_t rows = std::max<int64_t>(0, last_row - first_row + 1);
+        const T* flat;
+        if constexpr (std::is_same_v<T, scalar_t>) {
+          if (in_place) flat = args.x.at(n, c, first_row, 0);
+        }
+        if (!in_place) {
+          for (int64_t r = 0; r < rows; ++r) {
+            load_row(args.x.at(n, c, first_row + r, 0), args.x.stride_w,
+                     converted.data() + r * aw.in, aw.in);
+          }
+          flat = converted.data();
+        }
+        layout.split(flat, rows * aw.in, phases.data());
+        row_windows<T, kPositions>(flat, phases.data(), layout, rows, aw, hm.data(), hp.data());
+        column_windows<T, kPositions>(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0, oh1,
+                                      lanes, m.data(), p.data());
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          store_lanes<scalar_t, pos_t, kPositions>(
+              m.data() + (oh - oh0) * lanes, p.data() + (oh - oh0) * lanes, args.y.at(n, c, oh, 0),
+              args.y.stride_w, args.positions.at(n, c, oh, 0), args.positions.stride_w, aw.out);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename pos_t, bool kPositions>
+void forward_pixels(const ForwardArgs<scalar_t, pos_t>& args) {
+  using T = at::opmath_type<scalar_t>;
+  const Axis& ah = args.h;
+  const Axis& aw = args.w;
+  const int64_t lanes = args.channels, window = ah.kernel * aw.kernel;
+  at::parallel_for(0, args.batch * ah.out, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> converted(std::is_same_v<T, scalar_t> && args.x.stride_c == 1 ? 0 : window * lanes);
+    std::vector<T> m(lanes);
+    std::vector<int32_t> p(kPositions ? lanes : 0), codes(window);
+    std::vector<const T*> taps(window);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / ah.out, oh = row % ah.out;
+      for (int64_t ow = 0; ow < aw.out; ++ow) {
+        int64_t count = 0;
+        for (int64_t kh = ah.first_tap[oh]; kh < ah.end_tap[oh]; ++kh) {
+          const int64_t ih = ah.start(oh) + kh * ah.dilation;
+          for (int64_t kw = aw.first_tap[ow]; kw < aw.end_tap[ow]; ++kw, ++count) {
+            const int64_t iw = aw.start(ow) + kw * aw.dilation;
+            taps[count] = lanes_of<T>(args.x.at(n, 0, ih, iw), args.x.stride_c,
+                                      converted.data() + count * lanes, lanes);
+            codes[count] = static_cast<int32_t>(kh * aw.kernel + kw);
+          }
+        }
+        if (count == 0) {  // no tap in bounds (odd dilations): -inf
+          std::fill(m.begin(), m.end(), kMinusInf<T>);
+          std::fill(p.begin(), p.end(),
+                    static_cast<int32_t>(ah.first_tap[oh] * aw.kernel + aw.first_tap[ow]));
+        } else {
+          max_of_taps<T, kPositions, false>(taps.data(), nullptr, codes.data(), count, m.data(),
+                                            p.data(), lanes);
+        }
+        store_lanes<scalar_t, pos_t, kPositions>(
+            m.data(), p.data(), args.y.at(n, 0, oh, ow), args.y.stride_c,
+            args.positions.at(n, 0, oh, ow), args.positions.stride_c, lanes);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward.
+// ---------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename pos_t>
+struct BackwardArgs {
+  ImageView<const scalar_t> g;  // dL/dy
+  ImageView<const pos_t> positions;
+  ImageView<scalar_t> dx;
+  int64_t batch, channels;
+  const Axis& h;
+  const Axis& w;
+};
+
+// How the input columns of a row gather from its windows. The columns of phase r
+// (iw = r + j * stride) take tap kw of output ow = j - shift for each of the taps of
+// that phase; each phase's taps are listed by decreasing kw, so that a column sums its
+// windows by increasing ow, as PyTorch's scatter does.
+struct ColumnGather {
+  struct Tap {
+    int32_t kw;
+    int64_t shift;
+  };
+  std::vector<std::vector<Tap>> taps;  // per phase
+  std::vector<int64_t> columns;  // input columns per phase
+  int64_t front = 0;  // room before output 0 in a padded row of dL/dy, for ow < 0
+  int64_t row_length = 0;  // of a padded row of dL/dy (or positions)
+
+  explicit ColumnGather(const Axis& a) {
+    const int64_t phases = std::min(a.stride, a.in);
+    taps.resize(phases);
+    for (int64_t r = 0; r < phases; ++r) columns.push_back((a.in - r + a.stride - 1) / a.stride);
+    int64_t back = 0;
+    for (int64_t kw = a.kernel - 1; kw >= 0; --kw) {
+      const int64_t offset = kw * a.dilation - a.pad;  // input column of tap kw of output 0
+      const int64_t phase = ((offset % a.stride) + a.stride) % a.stride;
+      if (phase >= phases) continue;
+      const int64_t shift = (offset - phase) / a.stride;
+      taps[phase].push_back({static_cast<int32_t>(kw), shift});
+      front = std::max(front, shift);
+      back = std::max(back, rounded(columns[phase]) - shift);
+    }
+    front = rounded(front);
+    row_length = front + rounded(std::max(back, a.out));
+  }
+
+  static int64_t rounded(int64_t n) { return (n + kVectorLanes - 1) / kVectorLanes * kVectorLanes; }
+};
+
+// Input rows [ih0, ih1) of dL/dx (rows of aw.in lanes, into dx), gathered from the rows
+// of dL/dy and positions (g and p: a padded row of cg.row_length per output row from
+// first_out on, output ow at cg.front + ow, zeros and -1 around). Each phase's columns
+// are summed in registers over whole vectors of lanes (the padding makes the reads past
+// a row's outputs add nothing), then the phases are interleaved into the row.
+template <typename T>
+FASTCNN_TARGET_CLONES void gather_rows(const T* __restrict g, const int32_t* __restrict p,
+                                       int64_t first_out, const Axis& ah, const Axis& aw,
+                                       const ColumnGather& cg, int64_t ih0, int64_t ih1,
+                                       T* __restrict runs, T* __restrict dx) {
+  constexpr int64_t kBlock = 64;
+  const auto phases = static_cast<int64_t>(cg.columns.size());
+  const int64_t run = ColumnGather::rounded(cg.columns[0]);
+  for (int64_t ih = ih0; ih < ih1; ++ih) {
+    T* row = dx + (ih - ih0) * aw.in;
+    for (int64_t r = 0; r < phases; ++r) {
+      const int64_t count = ColumnGather::rounded(cg.columns[r]);
+      for (int64_t j0 = 0; j0 < count; j0 += kBlock) {
+        const int64_t width = std::min(kBlock, count - j0);
+        alignas(64) T sum[kBlock];
+#pragma omp simd
+        for (int64_t i = 0; i < width; ++i) sum[i] = T(0);
+        ah.for_each_cover(ih, [&](int64_t kh, int64_t oh) {
+          const T* g_row = g + (oh - first_out) * cg.row_length + cg.front + j0;
+          const int32_t* p_row = p + (oh - first_out) * cg.row_length + cg.front + j0;
+          for (const ColumnGather::Tap& t : cg.taps[r]) {
+            const auto code = static_cast<int32_t>(kh * aw.kernel + t.kw);
+            const T* gv = g_row - t.shift;
+            const int32_t* pv = p_row - t.shift;
+#pragma omp simd
+            for (int64_t i = 0; i < width; ++i) {
+              const T v = gv[i];  // loaded whether or not it is added, so that it vectorises
+              sum[i] += pv[i] == code ? v : T(0);
+            }
+          }
+        });
+        T* out = phases > 1 ? runs + r * run + j0 : row + j0;
+        const int64_t valid = std::min(width, cg.columns[r] - j0);
+        for (int64_t i = 0; i < valid; ++i) out[i] = sum[i];
+      }
+    }
+    if (phases == 2) {  // stride 2, the common case: a pattern the compiler vectorises
+      const T* even = runs;
+      const T* odd = runs + run;
+#pragma omp simd
+      for (int64_t j = 0; j < cg.columns[1]; ++j) {
+        row[2 * j] = even[j];
+        row[2 * j + 1] = odd[j];
+      }
+      if (cg.columns[0] > cg.columns[1]) row[2 * cg.columns[1]] = even[cg.columns[1]];
+    } else if (phases > 2) {
+      for (int64_t r = 0; r < phases; ++r) {
+        for (int64_t j = 0; j < cg.columns[r]; ++j) row[r + j * aw.stride] = runs[r * run + j];
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename pos_t>
+void backward_planes(const BackwardArgs<scalar_t, pos_t>& args) {
+  using T = at::opmath_type<scalar_t>;
+  const Axis& ah = args.h;
+  const Axis& aw = args.w;
+  const ColumnGather cg(aw);
+  const auto phases = static_cast<int64_t>(cg.columns.size());
+  const int64_t run = ColumnGather::rounded(cg.columns[0]);
+  // input rows per block: the block's gradient rows, and the rows of dL/dy and positions
+  // that reach them, stay in L2
+  const int64_t per_row = sizeof(T) * aw.in + (sizeof(T) + 4) * cg.row_length;
+  const int64_t block = std::clamp<int64_t>(256 * 1024 / per_row, ah.span(), std::max<int64_t>(ah.in, 1));
+  const int64_t max_out_rows = std::min(ah.out, block / ah.stride + ah.span() / ah.stride + 2);
+  at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> g(max_out_rows * cg.row_length, T(0)), runs(phases * run),
+        dx(block * aw.in + kVectorLanes);
+    std::vector<int32_t> p(max_out_rows * cg.row_length, -1);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / args.channels, c = plane % args.channels;
+      for (int64_t ih0 = 0; ih0 < ah.in; ih0 += block) {
+        const int64_t ih1 = std::min(ah.in, ih0 + block);
+        // the output rows whose windows reach rows [ih0, ih1)
+        int64_t first_out = ah.out, last_out = -1;
+        for (int64_t ih = ih0; ih < ih1; ++ih) {
+          ah.for_each_cover(ih, [&](int64_t, int64_t oh) {
+            first_out = std::min(first_out, oh);
+            last_out = std::max(last_out, oh);
+          });
+        }
+        for (int64_t oh = first_out; oh <= last_out; ++oh) {
+          const int64_t at = (oh - first_out) * cg.row_length + cg.front;
+          load_row(args.g.at(n, c, oh, 0), args.g.stride_w, g.data() + at, aw.out);
+          load_row(args.positions.at(n, c, oh, 0), args.positions.stride_w, p.data() + at, aw.out);
+        }
+        gather_rows(g.data(), p.data(), first_out, ah, aw, cg, ih0, ih1, runs.data(), dx.data());
+        for (int64_t ih = ih0; ih < ih1; ++ih) {
+          store_row(dx.data() + (ih - ih0) * aw.in, args.dx.at(n, c, ih, 0), args.dx.stride_w, aw.in);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename pos_t>
+void backward_pixels(const BackwardArgs<scalar_t, pos_t>& args) {
+  using T = at::opmath_type<scalar_t>;
+  const Axis& ah = args.h;
+  const Axis& aw = args.w;
+  const int64_t lanes = args.channels;
+  at::parallel_for(0, args.batch * ah.in, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(lanes), g_lanes(lanes);
+    std::vector<int32_t> p(lanes);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / ah.in, ih = row % ah.in;
+      for (int64_t iw = 0; iw < aw.in; ++iw) {
+        std::fill(acc.begin(), acc.end(), T(0));
+        ah.for_each_cover(ih, [&](int64_t kh, int64_t oh) {
+          aw.for_each_cover(iw, [&](int64_t kw, int64_t ow) {
+            const T* g = lanes_of<T>(args.g.at(n, 0, oh, ow), args.g.stride_c, g_lanes.data(),
+                                     lanes);
+            load_row(args.positions.at(n, 0, oh, ow), args.positions.stride_c, p.data(), lanes);
+            gather_lanes(g, p.data(), static_cast<int32_t>(kh * aw.kernel + kw), acc.data(),
+                         lanes);
+          });
+        });
+        store_row(acc.data(), args.dx.at(n, 0, ih, iw), args.dx.stride_c, lanes);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry points.
+// ---------------------------------------------------------------------------------------
+
+// Lanes along channels when they are contiguous and more than one, else along rows.
+bool channels_innermost(const at::Tensor& t) { return t.size(1) > 1 && t.stride(1) == 1; }
+
+int64_t pooled_size_ceil(int64_t size, int64_t kernel, int64_t stride, int64_t pad,
+                         int64_t dilation) {
+  const int64_t numerator = size + 2 * pad - dilation * (kernel - 1) - 1 + stride - 1;
+  int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
+  if ((out - 1) * stride >= size + pad) --out;
+  return out;
+}
+
+std::pair<Axis, Axis> pooling_axes(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto pair = [](at::IntArrayRef v, const char* name) {
+    TORCH_CHECK(v.size() == 2, name, " must have 2 values (h, w), got ", v.size());
+  };
+  pair(kernel_size, "kernel_size");
+  pair(stride, "stride");
+  pair(padding, "padding");
+  pair(dilation, "dilation");
+  const int64_t in[2] = {in_h, in_w}, out[2] = {out_h, out_w};
+  for (int d = 0; d < 2; ++d) {
+    TORCH_CHECK(kernel_size[d] >= 1, "kernel_size must be >= 1, got ", kernel_size);
+    TORCH_CHECK(stride[d] >= 1, "stride must be >= 1, got ", stride);
+    TORCH_CHECK(dilation[d] >= 1, "dilation must be >= 1, got ", dilation);
+    TORCH_CHECK(padding[d] >= 0 && padding[d] <= kernel_size[d] / 2,
+                "padding must be between 0 and half of kernel_size ", kernel_size, ", got ",
+                padding);
+    const int64_t most = pooled_size_ceil(in[d], kernel_size[d], stride[d], padding[d], dilation[d]);
+    TORCH_CHECK(out[d] >= 1 && out[d] <= most, "output size ", out[d],
+                " is impossible for input size ", in[d], " (at most ", most, ")");
+  }
+  return {Axis(in_h, out_h, kernel_size[0], stride[0], padding[0], dilation[0]),
+          Axis(in_w, out_w, kernel_size[1], stride[1], padding[1], dilation[1])};
+}
+
+void check_image(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK(t.dim() == 4, name, " must be (N, C, H, W), got ", t.dim(), " dimensions");
+}
+
+void check_float_image(const at::Tensor& t, const char* name) {
+  check_image(t, name);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name,
+              " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+}
+
+void check_positions(const at::Tensor& positions, const at::Tensor& pooled, const char* pooled_name,
+                     const Axis& aw, const Axis& ah) {
+  check_image(positions, "positions");
+  TORCH_CHECK(positions.sizes() == pooled.sizes(), "positions must have the shape of ",
+              pooled_name, " ", pooled.sizes(), ", got ", positions.sizes());
+  const auto expected = ah.kernel * aw.kernel <= 256 ? at::kByte : at::kInt;
+  TORCH_CHECK(positions.scalar_type() == expected, "positions must be ", expected, " for a ",
+              ah.kernel, "x", aw.kernel, " window, got ", positions.scalar_type());
+}
+
+template <typename F>
+void dispatch_positions(at::ScalarType type, F f) {
+  if (type == at::kByte) {
+    f(uint8_t{});
+  } else {
+    f(int32_t{});
+  }
+}
+
+}  // namespace
+
+void max_pool2d_forward(const at::Tensor& input, const at::Tensor& output,
+                        const std::optional<at::Tensor>& positions, at::IntArrayRef kernel_size,
+                        at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation) {
+  check_float_image(input, "input");
+  check_float_image(output, "output");
+  TORCH_CHECK(output.scalar_type() == input.scalar_type(), "output must have the dtype of input (",
+              input.scalar_type(), "), got ", output.scalar_type());
+  TORCH_CHECK(output.size(0) == input.size(0) && output.size(1) == input.size(1),
+              "output must have the batch and channels of input ", input.sizes(), ", got ",
+              output.sizes());
+  const auto axes = pooling_axes(input.size(2), input.size(3), output.size(2),
+                                     output.size(3), kernel_size, stride, padding, dilation);
+  check_writable(output, "output");
+  check_disjoint(output, "output", input, "input");
+  const bool with_positions = positions.has_value();
+  if (with_positions) {
+    check_positions(*positions, output, "output", axes.second, axes.first);
+    check_writable(*positions, "positions");
+    check_disjoint(*positions, "positions", input, "input");
+    check_disjoint(*positions, "positions", output, "output");
+  }
+  if (output.numel() == 0) return;
+  const bool pixels = channels_innermost(input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_max_pool2d_forward", [&] {
+        dispatch_positions(with_positions ? positions->scalar_type() : at::kByte, [&](auto tag) {
+          using pos_t = decltype(tag);
+          const ForwardArgs<scalar_t, pos_t> args{
+              ImageView<const scalar_t>(input), ImageView<scalar_t>(output),
+              ImageView<pos_t>(with_positions ? *positions : output), input.size(0),
+              input.size(1), axes.first, axes.second};
+          if (with_positions) {
+            pixels ? forward_pixels<scalar_t, pos_t, true>(args)
+                   : forward_planes<scalar_t, pos_t, true>(args);
+          } else {
+            pixels ? forward_pixels<scalar_t, pos_t, false>(args)
+                   : forward_planes<scalar_t, pos_t, false>(args);
+          }
+        });
+      });
+}
+
+void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& positions,
+                         const at::Tensor& grad_input, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation) {
+  check_float_image(grad_output, "grad_output");
+  check_float_image(grad_input, "grad_input");
+  TORCH_CHECK(grad_input.scalar_type() == grad_output.scalar_type(),
+              "grad_input must have the dtype of grad_output (", grad_output.scalar_type(),
+              "), got ", grad_input.scalar_type());
+  TORCH_CHECK(grad_input.size(0) == grad_output.size(0) && grad_input.size(1) == grad_output.size(1),
+              "grad_input must have the batch and channels of grad_output ", grad_output.sizes(),
+              ", got ", grad_input.sizes());
+  const auto axes = pooling_axes(grad_input.size(2), grad_input.size(3), grad_output.size(2),
+                                     grad_output.size(3), kernel_size, stride, padding, dilation);
+  check_positions(positions, grad_output, "grad_output", axes.second, axes.first);
+  check_writable(grad_input, "grad_input");
+  check_disjoint(grad_input, "grad_input", grad_output, "grad_output");
+  check_disjoint(grad_input, "grad_input", positions, "positions");
+  if (grad_input.numel() == 0) return;
+  const bool pixels = channels_innermost(grad_input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fastcnn_max_pool2d_backward", [&] {
+        dispatch_positions(positions.scalar_type(), [&](auto tag) {
+          using pos_t = decltype(tag);
+          const BackwardArgs<scalar_t, pos_t> args{
+              ImageView<const scalar_t>(grad_output), ImageView<const pos_t>(positions),
+              ImageView<scalar_t>(grad_input), grad_input.size(0), grad_input.size(1),
+              axes.first, axes.second};
+          pixels ? backward_pixels(args) : backward_planes(args);
+        });
+      });
+}
+
+}  // namespace fastcnn::cpu

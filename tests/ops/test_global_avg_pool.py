@@ -1,0 +1,220 @@
+"""global_avg_pool2d against torch.nn.functional.adaptive_avg_pool2d(x, 1), on every backend."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_close_to_reference, randn
+
+import fastcnn
+from fastcnn import backends
+from fastcnn.functional import global_avg_pool2d
+from fastcnn.ops.layout import channel_view
+
+
+def check_against_torch(x, backend=None, device="cpu", grad=None):
+    x_ours = x.detach().clone().requires_grad_()
+    y = global_avg_pool2d(x_ours)
+    grad = randn(*y.shape, dtype=x.dtype, device=x.device) if grad is None else grad
+    y.backward(grad)
+    x_ref = x.detach().double().requires_grad_()
+    y_ref = F.adaptive_avg_pool2d(x_ref, 1)
+    y_ref.backward(grad.double())
+    assert y.shape == y_ref.shape and y.dtype == x.dtype and y.device == x.device
+    assert_close_to_reference(y, y_ref, x.dtype, backend, device)
+    assert_close_to_reference(x_ours.grad, x_ref.grad, x.dtype, backend, device)
+    return y, x_ours.grad
+
+
+SHAPES = {
+    "resnet-head": (2, 64, 7, 7),
+    "odd": (3, 5, 3, 5),
+    "one-channel": (2, 1, 6, 6),
+    "1x1": (3, 7, 1, 1),
+    "one-row": (2, 4, 1, 9),
+    "large-image": (1, 3, 112, 112),
+    "unbatched": (6, 5, 4),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_matches_torch_in_float64(backend_device, shape, channels_last):
+    backend, device = backend_device
+    x = randn(*shape, dtype=torch.float64, device=device,
+              channels_last=channels_last and len(shape) == 4)
+    check_against_torch(x, backend, device)
+
+
+def test_gradient_keeps_the_input_layout(backend_device):
+    _, device = backend_device
+    x = randn(2, 16, 5, 5, device=device, channels_last=True).requires_grad_()
+    global_avg_pool2d(x).sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+NON_CONTIGUOUS = {
+    "every-other-channel": lambda t: t[:, ::2],
+    "every-other-column": lambda t: t[..., ::2],
+    "cropped": lambda t: t[:, :, 1:6, 2:7],  # spatial dims no longer share one stride
+    "batch-innermost": lambda t: t.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2),
+    "channels-last-sliced": lambda t: t.to(memory_format=torch.channels_last)[:, 1:6, ::2],
+}
+
+
+@pytest.mark.parametrize("make", NON_CONTIGUOUS.values(), ids=NON_CONTIGUOUS.keys())
+def test_non_contiguous_inputs(backend_device, make):
+    backend, device = backend_device
+    x = make(randn(3, 9, 8, 9, dtype=torch.float64, device=device))
+    assert not x.is_contiguous()
+    check_against_torch(x, backend, device)
+
+
+def test_non_contiguous_grad_output(backend_device):
+    backend, device = backend_device
+    x = randn(2, 6, 4, 4, dtype=torch.float64, device=device)
+    grad = randn(2, 12, 1, 1, dtype=torch.float64, device=device)[:, ::2]
+    check_against_torch(x, backend, device, grad=grad)
+
+
+@pytest.mark.parametrize("layout", ["channels-contiguous", "positions-contiguous", "neither"])
+def test_kernels_read_and_write_any_strides(backend_device, layout):
+    backend, device = backend_device
+    n, c, s = 3, 20, 24
+
+    def view(kind, positions):
+        if kind == "channels-contiguous":
+            return torch.empty(n, positions, c, dtype=torch.float64, device=device).transpose(1, 2)
+        if kind == "positions-contiguous":
+            return torch.empty(n, c, positions, dtype=torch.float64, device=device)
+        return torch.empty(n, positions, 2 * c, dtype=torch.float64, device=device)[
+            ..., ::2].transpose(1, 2)
+
+    x, grad = view(layout, s).normal_(), view("neither", 1).normal_()
+    results = {}
+    for name in (backend, "reference"):
+        y, dx = view("neither", 1).fill_(float("nan")), view("neither", s).fill_(float("nan"))
+        kernels = backends.kernels(name)
+        kernels.global_avg_pool2d_forward(x, y)
+        kernels.global_avg_pool2d_backward(grad, dx)
+        results[name] = (y, dx)
+    for ours, expected in zip(results[backend], results["reference"]):
+        assert_close_to_reference(ours, expected, torch.float64, backend, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_low_precision_against_float64(backend_device, dtype, channels_last):
+    backend, device = backend_device
+    x = randn(2, 24, 7, 7, dtype=dtype, device=device, channels_last=channels_last)
+    check_against_torch(x, backend, device)
+
+
+def test_half_precision_sums_many_positions_accurately(backend_device):
+    """A mean over 4096 float16 values whose float16 running sum would lose the small ones:
+    the sum is kept in float32 or wider."""
+    backend, device = backend_device
+    x = torch.full((1, 2, 64, 64), 0.01, dtype=torch.float16, device=device)
+    x[:, :, 0, 0] = 100.0
+    check_against_torch(x, backend, device)
+
+
+def test_float32_mean_of_offset_values(backend_device):
+    """Values with a large common offset: a long float32 running sum would be off."""
+    backend, device = backend_device
+    x = (1000 + randn(2, 3, 128, 128, dtype=torch.float64)).float().to(device)
+    check_against_torch(x, backend, device)
+
+
+def test_backward_keeps_nothing():
+    saved = []
+    x = randn(4, 8, 7, 7).requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = global_avg_pool2d(x)
+    assert saved == []
+    y.sum().backward()
+
+
+def test_gradcheck(backend_device):
+    _, device = backend_device
+    x = randn(2, 3, 3, 2, dtype=torch.float64, device=device).requires_grad_()
+    assert torch.autograd.gradcheck(global_avg_pool2d, (x,))
+    assert torch.autograd.gradgradcheck(global_avg_pool2d, (x,))
+
+
+def test_empty_batch(backend_device):
+    _, device = backend_device
+    x = randn(0, 4, 3, 3, device=device).requires_grad_()
+    y = global_avg_pool2d(x)
+    y.sum().backward()
+    assert y.shape == (0, 4, 1, 1) and x.grad.shape == x.shape
+
+
+def test_64_bit_offsets(backend_device):
+    """Element offsets beyond 2**31; the storage is reserved, not touched."""
+    backend, device = backend_device
+    if device != "cpu":
+        pytest.skip("the storage trick relies on lazily committed host memory")
+    x = torch.empty_strided((3, 2, 6), (2**30 + 7, 6, 1), dtype=torch.float16).normal_()
+    grad = torch.empty_strided((3, 2, 1), (2**30 + 7, 1, 1), dtype=torch.float16).normal_()
+    y = torch.empty_strided((3, 2, 1), (2**30 + 7, 1, 1), dtype=torch.float16)
+    dx = torch.empty_strided((3, 2, 6), (2**30 + 7, 6, 1), dtype=torch.float16)
+    kernels = backends.kernels(backend)
+    kernels.global_avg_pool2d_forward(x, y)
+    kernels.global_avg_pool2d_backward(grad, dx)
+    assert_close_to_reference(y, x.double().mean(2, keepdim=True), torch.float16)
+    assert_close_to_reference(dx, (grad.double() / 6).expand(3, 2, 6), torch.float16)
+
+
+def test_module_is_a_drop_in_for_adaptive_avg_pool():
+    ours, theirs = fastcnn.nn.GlobalAvgPool2d(), torch.nn.AdaptiveAvgPool2d(1)
+    assert isinstance(ours, torch.nn.AdaptiveAvgPool2d)
+    x = randn(2, 16, 5, 5, dtype=torch.float64)
+    assert_close_to_reference(ours(x), theirs(x), torch.float64)
+    flat = fastcnn.nn.GlobalAvgPool2d(flatten=True)
+    assert "flatten=True" in repr(flat)
+    assert_close_to_reference(flat(x), theirs(x).flatten(1), torch.float64)
+    assert flat(x[0]).shape == (16,)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_torch_compile_fullgraph(backend):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), fastcnn.nn.GlobalAvgPool2d(flatten=True),
+                              torch.nn.Linear(8, 2)).double()
+    x = randn(2, 3, 9, 9, dtype=torch.float64)
+    with fastcnn.use_backend(backend):
+        expected = net(x)
+        expected.sum().backward()
+        expected_grad = net[0].weight.grad.clone()
+        net.zero_grad()
+        torch._dynamo.reset()
+        actual = torch.compile(net, fullgraph=True)(x)
+        actual.sum().backward()
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(net[0].weight.grad, expected_grad)
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: global_avg_pool2d(torch.randn(4, 5)), ValueError, ["input", "3"]),
+        (lambda: global_avg_pool2d(torch.randn(1, 2, 3, 4, 5)), ValueError, ["input"]),
+        (lambda: global_avg_pool2d(torch.ones(2, 3, 4, 4, dtype=torch.int32)), TypeError,
+         ["input", "int32"]),
+        (lambda: global_avg_pool2d(torch.randn(2, 3, 0, 4)), ValueError, ["input", "non-zero"]),
+        (lambda: global_avg_pool2d("x"), TypeError, ["input", "Tensor"]),
+    ],
+    ids=["2d", "5d", "integer-dtype", "empty-image", "not-a-tensor"])
+def test_bad_input_names_the_argument(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_cpp_entry_points_check_their_tensors():
+    kernels = backends.kernels("cpp")
+    x = channel_view(randn(2, 3, 4, 4))
+    with pytest.raises(RuntimeError, match=r"output must be \(N, C, 1\)"):
+        kernels.global_avg_pool2d_forward(x, torch.empty(2, 4, 1))
+    with pytest.raises(RuntimeError, match="output must have the dtype of input"):
+        kernels.global_avg_pool2d_forward(x, torch.empty(2, 3, 1, dtype=torch.float64))
