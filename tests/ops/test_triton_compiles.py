@@ -14,48 +14,154 @@ import pytest
 # kernels are defined for the interpreter and cannot be compiled.
 SCRIPT = r"""
 import sys
+from typing import NamedTuple
+
+import torch
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fastcnn.kernels.triton import lrn
+from fastcnn.kernels.triton import lrn, pooling
 
-POINTER_TYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
-                 "fp64": tl.float64}
+ACC_DTYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
+              "fp64": tl.float64}
 
 
-def variants():
+class Variant(NamedTuple):
+    dtype: str  # of the tensor pointers, and so of ACC_DTYPE
+    constexprs: dict  # the kernel's tl.constexpr parameters, but ACC_DTYPE
+    int_type: str = "i32"  # of the integer arguments: i64 for strides of 2**31 and more
+    ones: tuple = ()  # integer arguments equal to 1, which a launch specialises (unit strides)
+    pointers: tuple = ()  # (name, type) of pointers not of dtype; type None: passed None
+
+
+def lrn_variants():
     # every dtype with the general exponent; every exponent kind and both tilings in fp32
-    for dtype in POINTER_TYPES:
-        yield dtype, lrn._BETA_FRACTIONAL, (16, 128), "i32"
+    def options(kind, blocks):
+        return {"BETA_KIND": kind.value, "BLOCK_C": blocks[0], "BLOCK_S": blocks[1]}
+
+    for dtype in ACC_DTYPES:
+        yield Variant(dtype, options(lrn._BETA_FRACTIONAL, (16, 128)))
     for kind in (lrn._BETA_ZERO, lrn._BETA_THREE_QUARTERS, lrn._BETA_EVEN, lrn._BETA_ODD):
-        yield "fp32", kind, (16, 128), "i32"
-    yield "fp32", lrn._BETA_THREE_QUARTERS, (64, 32), "i64"
+        yield Variant("fp32", options(kind, (16, 128)))
+    yield Variant("fp32", options(lrn._BETA_THREE_QUARTERS, (64, 32)), "i64")
 
 
-def compile_kernel(fn, dtype, kind, blocks, int_type, capability):
-    constexprs = {"BETA_KIND": kind.value, "ACC_DTYPE": POINTER_TYPES[dtype],
-                  "BLOCK_C": blocks[0], "BLOCK_S": blocks[1]}
+def unit_strides(axis, *tensors):
+    return tuple(f"{t}_stride_{axis}" for t in tensors)
+
+
+def row_launch(shape, kernel_size, channels_last, rows, width):
+    # the launcher's own choice of tiling for a tensor of this shape and layout
+    t = torch.empty(shape, device="meta")
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return pooling._row_launch(t, kernel_size, shape[1], rows, width)[1]
+
+
+# AlexNet's pooling: (16, 96, 55, 55) -> (16, 96, 27, 27), 3x3 stride 2; and a window of
+# 17 x 17 taps, too many to unroll.
+def pool_launch(channels_last, backward=False, kernel_size=(3, 3)):
+    rows, width = (55, 55) if backward else (27, 27)
+    return row_launch((16, 96, 55, 55), kernel_size, channels_last, rows, width)
+
+
+def max_pool_forward_variants():
+    unit_pooling = ("dil_h", "dil_w")
+    nchw = unit_pooling + unit_strides("w", "x", "y", "pos")
+    cl = unit_pooling + unit_strides("c", "x", "y", "pos")
+    for dtype in ACC_DTYPES:
+        for pos in ("*u8", None):
+            yield Variant(dtype, {**pool_launch(False), "WRITE_POSITIONS": pos is not None},
+                          ones=nchw, pointers=(("pos_ptr", pos),))
+    for dtype, pos in (("fp32", "*u8"), ("bf16", None)):
+        yield Variant(dtype, {**pool_launch(True), "WRITE_POSITIONS": pos is not None},
+                      ones=cl, pointers=(("pos_ptr", pos),))
+    # dilated, 3x3 stride 1 (the unit stride specialised), runtime loops with int32 positions
+    yield Variant("fp32", {**pool_launch(False), "WRITE_POSITIONS": True},
+                  ones=unit_strides("w", "x", "y", "pos"), pointers=(("pos_ptr", "*u8"),))
+    yield Variant("fp16", {**pool_launch(False), "WRITE_POSITIONS": True},
+                  ones=nchw + ("stride_h", "stride_w", "pad_h", "pad_w"),
+                  pointers=(("pos_ptr", "*u8"),))
+    yield Variant("fp32", {**pool_launch(False, kernel_size=(17, 17)), "WRITE_POSITIONS": True},
+                  "i64", pointers=(("pos_ptr", "*i32"),))
+
+
+def max_pool_backward_variants():
+    nchw = ("dil_h", "dil_w") + unit_strides("w", "g", "pos", "dx")
+    cl = ("dil_h", "dil_w") + unit_strides("c", "g", "pos", "dx")
+    for dtype in ACC_DTYPES:
+        yield Variant(dtype, pool_launch(False, True), ones=nchw, pointers=(("pos_ptr", "*u8"),))
+    yield Variant("fp32", pool_launch(True, True), ones=cl, pointers=(("pos_ptr", "*u8"),))
+    yield Variant("fp16", pool_launch(False, True), ones=nchw + ("stride_h", "stride_w"),
+                  pointers=(("pos_ptr", "*u8"),))
+    yield Variant("fp32", pool_launch(False, True, kernel_size=(17, 17)), "i64",
+                  pointers=(("pos_ptr", "*i32"),))
+
+
+# ResNet-50's (16, 2048, 7, 7) in both layouts, and a 112 x 112 image: S walked in steps.
+def gap_options(shape, channels_last):
+    t = torch.empty(shape, device="meta")
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    blocks = pooling._channel_tile(t.flatten(2))
+    return {"BLOCK_C": blocks[0], "BLOCK_S": blocks[1]}
+
+
+def gap_variants(spatial, pooled):
+    # spatial names the (N, C, S) tensor, pooled the (N, C, 1) one, whose channels are
+    # contiguous in both layouts
+    nchw = (f"{spatial}_stride_s", f"{pooled}_stride_c")
+    cl = (f"{spatial}_stride_c", f"{pooled}_stride_c")
+    for dtype in ACC_DTYPES:
+        yield Variant(dtype, gap_options((16, 2048, 7, 7), False), ones=nchw)
+    for dtype in ("fp32", "bf16"):
+        yield Variant(dtype, gap_options((16, 2048, 7, 7), True), ones=cl)
+    yield Variant("fp32", gap_options((16, 64, 112, 112), False), "i64")
+
+
+KERNELS = [
+    (lrn._lrn_forward_kernel, lrn_variants),
+    (lrn._lrn_backward_kernel, lrn_variants),
+    (pooling._max_pool2d_forward_kernel, max_pool_forward_variants),
+    (pooling._max_pool2d_backward_kernel, max_pool_backward_variants),
+    (pooling._global_avg_pool2d_forward_kernel, lambda: gap_variants("x", "y")),
+    (pooling._global_avg_pool2d_backward_kernel, lambda: gap_variants("dx", "g")),
+]
+
+
+def compile_kernel(fn, variant, capability):
+    constexprs = {"ACC_DTYPE": ACC_DTYPES[variant.dtype], **variant.constexprs}
+    pointers = dict(variant.pointers)
+    unknown = (set(variant.ones) | set(pointers)) - set(fn.arg_names)
+    if unknown:
+        raise ValueError(f"no parameters {sorted(unknown)}")
     signature, values = {}, {}
     for index, param in enumerate(fn.params):
+        name = param.name
         if param.is_constexpr:
-            signature[param.name] = "constexpr"
-            values[(index,)] = constexprs[param.name]
-        elif param.name.endswith("_ptr"):
-            signature[param.name] = "*" + dtype
+            signature[name], values[(index,)] = "constexpr", constexprs[name]
+        elif name in variant.ones:
+            signature[name], values[(index,)] = "constexpr", 1
+        elif name.endswith("_ptr"):
+            pointer = pointers.get(name, "*" + variant.dtype)
+            if pointer is None:
+                signature[name], values[(index,)] = "constexpr", None
+            else:
+                signature[name] = pointer
         else:
-            signature[param.name] = param.annotation or int_type
+            signature[name] = param.annotation or variant.int_type
     source = ASTSource(fn=fn, signature=signature, constexprs=values)
     return triton.compile(source, target=GPUTarget("cuda", capability, 32))
 
 
 failures = 0
 for capability in (80, 90):
-    for fn in (lrn._lrn_forward_kernel, lrn._lrn_backward_kernel):
+    for fn, variants in KERNELS:
         for variant in variants():
             try:
-                compile_kernel(fn, *variant, capability)
+                compile_kernel(fn, variant, capability)
             except Exception as error:
                 failures += 1
                 print(f"FAILED sm_{capability} {fn.__name__} {variant}: {error}")

@@ -2,5 +2,18 @@
 before it is imported for them to run on CPU tensors."""
 
 from fastcnn.kernels.triton.lrn import lrn_backward, lrn_forward
+from fastcnn.kernels.triton.pooling import (
+    global_avg_pool2d_backward,
+    global_avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
 
-__all__ = ["lrn_backward", "lrn_forward"]
+__all__ = [
+    "global_avg_pool2d_backward",
+    "global_avg_pool2d_forward",
+    "lrn_backward",
+    "lrn_forward",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
+]

@@ -1,0 +1,478 @@
+"""Max-pooling (overlapping windows: Krizhevsky et al., 2012, section 3.4) and global
+average pooling (Lin et al., 2013, "Network in Network") as Triton kernels.
+
+Max-pooling. Output (oh, ow) of input x (N, C, H, W) looks at the taps (kh, kw) of a
+kernel_h x kernel_w window,
+
+    ih = oh * stride_h - pad_h + kh * dil_h,    iw = ow * stride_w - pad_w + kw * dil_w,
+
+skipping those outside [0, H) x [0, W) (padding never wins). The taps are scanned in
+row-major order from the state (-inf, first in-bounds tap); a tap v replaces the state when
+v > max or v is NaN. So, as in PyTorch, a tie goes to the first maximum, the last NaN wins,
+and a window of -inf reports its first in-bounds tap (a dilated window with no tap in the
+input gives -inf at its first tap past the top and left padding, as PyTorch's kernels
+do: no input element takes its gradient). The winner's position in its window,
+p = kh * kernel_w + kw, is written for backward (one byte for windows of up to 256 taps),
+or nothing at all for inference.
+
+Backward gathers instead of scattering: grad_input (ih, iw) is the sum of grad_output
+(oh, ow) over the windows that hold it at tap (kh, kw) and picked that tap,
+
+    oh = (ih + pad_h - kh * dil_h) / stride_h,    ow = (iw + pad_w - kw * dil_w) / stride_w,
+
+where the divisions are exact and land in [0, OH) x [0, OW). Every grad_input element is
+written once by one program, with no atomics, adding in increasing (oh, ow) order, as
+PyTorch's CPU kernel does. Both kernels own a BLOCK_C x BLOCK_W tile of one row of their
+output (channels x columns), so the row of each tap is one scalar for the whole tile.
+
+Global average pooling of x viewed as (N, C, S), S = H * W:
+
+    y[n, c] = 1/S * sum_s x[n, c, s],        dL/dx[n, c, s] = g[n, c] / S.
+
+Forward gives each program BLOCK_C channels of one image and walks S in BLOCK_S steps.
+
+Accumulation and comparison are in float32 (float64 for float64), so the max is the
+input's value bit for bit. Strides are arguments, so NCHW, channels_last and sliced tensors
+run without a layout copy; the tile runs long along the axis with stride 1 (columns or space
+in NCHW, channels in channels_last), which Triton specialises and makes the contiguous one.
+"""
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+# Elements per program tile.
+_TILE = 1024
+
+# Windows with more taps than this loop over them at run time instead of unrolling.
+_MAX_UNROLLED_TAPS = 64
+
+
+@triton.jit
+def _row_tile(C, rows, width, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
+    """(image, channels, row, columns) of this program's tile of one output row; the grid
+    is 1-d, columns varying fastest, then rows, channels and images."""
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(width, BLOCK_W)
+    tiles_c = tl.cdiv(C, BLOCK_C)
+    columns = pid % tiles_w * BLOCK_W + tl.arange(0, BLOCK_W)
+    row = pid // tiles_w % rows
+    channels = pid // (tiles_w * rows) % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    image = pid // (tiles_w * rows * tiles_c)
+    return image.to(tl.int64), channels, row.to(tl.int64), columns
+
+
+@triton.jit
+def _first_in_bounds_tap(start, dilation):
+    """Index of the first tap of a window starting at start (< 0 with padding) that is
+    not left of the input."""
+    return tl.where(start < 0, (dilation - 1 - start) // dilation, 0)
+
+
+@triton.jit
+def _take_tap(best, position, x_channels, ih, iw, H, W, x_stride_h, x_stride_w, mask, tap):
+    """The max-pooling state (best, position) of the tile's windows after their tap number
+    `tap`, which is at row ih (a scalar) and columns iw of the input channels x_channels."""
+    valid = mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    v = tl.load(x_channels + ih * x_stride_h + iw.to(tl.int64) * x_stride_w, mask=valid,
+                other=float("-inf"))
+    v = v.to(best.dtype)
+    take = valid & ((v > best) | (v != v))
+    return tl.where(take, v, best), tl.where(take, tap, position)
+
+
+@triton.jit
+def _max_pool2d_forward_kernel(
+    x_ptr,  # input (N, C, H, W)
+    y_ptr,  # output (N, C, OH, OW)
+    pos_ptr,  # positions (N, C, OH, OW), uint8 or int32; None without WRITE_POSITIONS
+    # shapes; N is covered by the grid
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    # strides over (n, c, h, w), in elements
+    x_stride_n,
+    x_stride_c,
+    x_stride_h,
+    x_stride_w,
+    y_stride_n,
+    y_stride_c,
+    y_stride_h,
+    y_stride_w,
+    pos_stride_n,
+    pos_stride_c,
+    pos_stride_h,
+    pos_stride_w,
+    # pooling parameters
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    KERNEL_H: tl.constexpr,
+    KERNEL_W: tl.constexpr,
+    # compile-time options
+    WRITE_POSITIONS: tl.constexpr,  # False at inference: no positions are computed
+    UNROLL: tl.constexpr,  # unroll the loops over the taps
+    ACC_DTYPE: tl.constexpr,  # the max is taken in it, exactly
+    # tiling: BLOCK_C channels x BLOCK_W columns of one output row
+    BLOCK_C: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    image, channels, oh, ow = _row_tile(C, OH, OW, BLOCK_C, BLOCK_W)
+    channels64 = channels.to(tl.int64)[:, None]
+    ow = ow[None, :]
+    mask = (channels < C)[:, None] & (ow < OW)
+    start_h = oh * stride_h - pad_h
+    start_w = ow * stride_w - pad_w
+    x_channels = x_ptr + image * x_stride_n + channels64 * x_stride_c
+
+    best = tl.full((BLOCK_C, BLOCK_W), float("-inf"), ACC_DTYPE)
+    first = (_first_in_bounds_tap(start_h, dil_h) * KERNEL_W +
+             _first_in_bounds_tap(start_w, dil_w)).to(tl.int32)
+    position = tl.broadcast_to(first, (BLOCK_C, BLOCK_W))
+    if UNROLL:
+        for kh in tl.static_range(KERNEL_H):
+            for kw in tl.static_range(KERNEL_W):
+                best, position = _take_tap(best, position, x_channels, start_h + kh * dil_h,
+                                           start_w + kw * dil_w, H, W, x_stride_h, x_stride_w,
+                                           mask, kh * KERNEL_W + kw)
+    else:
+        for kh in range(KERNEL_H):
+            for kw in range(KERNEL_W):
+                best, position = _take_tap(best, position, x_channels, start_h + kh * dil_h,
+                                           start_w + kw * dil_w, H, W, x_stride_h, x_stride_w,
+                                           mask, kh * KERNEL_W + kw)
+
+    ow64 = ow.to(tl.int64)
+    y_offsets = (image * y_stride_n + channels64 * y_stride_c + oh * y_stride_h +
+                 ow64 * y_stride_w)
+    tl.store(y_ptr + y_offsets, best.to(y_ptr.dtype.element_ty), mask=mask)
+    if WRITE_POSITIONS:
+        pos_offsets = (image * pos_stride_n + channels64 * pos_stride_c + oh * pos_stride_h +
+                       ow64 * pos_stride_w)
+        tl.store(pos_ptr + pos_offsets, position.to(pos_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gather_tap(acc, g_channels, pos_channels, oh_scaled, q_w, r_w, shift_w, mask, OH, OW,
+                stride_h, stride_w, g_stride_h, g_stride_w, pos_stride_h, pos_stride_w, tap):
+    """acc plus grad_output at the windows that hold the tile's elements at their tap
+    number `tap` and picked it. The tap is oh_scaled = ih + pad_h - kh * dil_h (a scalar)
+    and shift_w = kw * dil_w, and iw + pad_w = q_w * stride_w + r_w."""
+    oh = oh_scaled // stride_h
+    # ow = (iw + pad_w - shift_w) / stride_w where exact, with no vector division
+    ow = q_w - shift_w // stride_w
+    valid = (mask & (oh_scaled >= 0) & (oh_scaled % stride_h == 0) & (oh < OH) &
+             (r_w == shift_w % stride_w) & (ow >= 0) & (ow < OW))
+    ow64 = ow.to(tl.int64)
+    picked = tl.load(pos_channels + oh * pos_stride_h + ow64 * pos_stride_w, mask=valid,
+                     other=0).to(tl.int32)
+    hit = valid & (picked == tap)
+    g = tl.load(g_channels + oh * g_stride_h + ow64 * g_stride_w, mask=hit, other=0.0)
+    return acc + g.to(acc.dtype)
+
+
+@triton.jit
+def _max_pool2d_backward_kernel(
+    g_ptr,  # grad_output (N, C, OH, OW)
+    pos_ptr,  # positions (N, C, OH, OW) written by the forward kernel, uint8 or int32
+    dx_ptr,  # grad_input (N, C, H, W)
+    # shapes; N is covered by the grid
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    # strides over (n, c, h, w), in elements
+    g_stride_n,
+    g_stride_c,
+    g_stride_h,
+    g_stride_w,
+    pos_stride_n,
+    pos_stride_c,
+    pos_stride_h,
+    pos_stride_w,
+    dx_stride_n,
+    dx_stride_c,
+    dx_stride_h,
+    dx_stride_w,
+    # pooling parameters
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    KERNEL_H: tl.constexpr,
+    KERNEL_W: tl.constexpr,
+    # compile-time options
+    UNROLL: tl.constexpr,  # unroll the loops over the taps
+    ACC_DTYPE: tl.constexpr,
+    # tiling: BLOCK_C channels x BLOCK_W columns of one grad_input row
+    BLOCK_C: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    image, channels, ih, iw = _row_tile(C, H, W, BLOCK_C, BLOCK_W)
+    channels64 = channels.to(tl.int64)[:, None]
+    iw = iw[None, :]
+    mask = (channels < C)[:, None] & (iw < W)
+    g_channels = g_ptr + image * g_stride_n + channels64 * g_stride_c
+    pos_channels = pos_ptr + image * pos_stride_n + channels64 * pos_stride_c
+    q_w = (iw + pad_w) // stride_w
+    r_w = (iw + pad_w) % stride_w
+
+    # Windows in increasing (oh, ow) order: taps in decreasing (kh, kw) order.
+    acc = tl.zeros((BLOCK_C, BLOCK_W), ACC_DTYPE)
+    if UNROLL:
+        for i in tl.static_range(KERNEL_H):
+            for j in tl.static_range(KERNEL_W):
+                kh, kw = KERNEL_H - 1 - i, KERNEL_W - 1 - j
+                acc = _gather_tap(acc, g_channels, pos_channels, ih + pad_h - kh * dil_h, q_w,
+                                  r_w, kw * dil_w, mask, OH, OW, stride_h, stride_w,
+                                  g_stride_h, g_stride_w, pos_stride_h, pos_stride_w,
+                                  kh * KERNEL_W + kw)
+    else:
+        for i in range(KERNEL_H):
+            for j in range(KERNEL_W):
+                kh, kw = KERNEL_H - 1 - i, KERNEL_W - 1 - j
+                acc = _gather_tap(acc, g_channels, pos_channels, ih + pad_h - kh * dil_h, q_w,
+                                  r_w, kw * dil_w, mask, OH, OW, stride_h, stride_w,
+                                  g_stride_h, g_stride_w, pos_stride_h, pos_stride_w,
+                                  kh * KERNEL_W + kw)
+
+    dx_offsets = (image * dx_stride_n + channels64 * dx_stride_c + ih * dx_stride_h +
+                  iw.to(tl.int64) * dx_stride_w)
+    tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _global_avg_pool2d_forward_kernel(
+    x_ptr,  # input (N, C, S)
+    y_ptr,  # output (N, C, 1)
+    # shape (N, C, S); N is covered by the grid
+    C,
+    S,
+    # strides, in elements
+    x_stride_n,
+    x_stride_c,
+    x_stride_s,
+    y_stride_n,
+    y_stride_c,
+    # compile-time options
+    ACC_DTYPE: tl.constexpr,
+    # tiling: BLOCK_C channels of one image, S walked BLOCK_S at a time
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tiles_c = tl.cdiv(C, BLOCK_C)
+    image = (pid // tiles_c).to(tl.int64)
+    channels = pid % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = channels < C
+    x_channels = x_ptr + image * x_stride_n + channels.to(tl.int64)[:, None] * x_stride_c
+
+    acc = tl.zeros((BLOCK_C, BLOCK_S), ACC_DTYPE)
+    for start in range(0, S, BLOCK_S):
+        positions = start + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (positions < S)[None, :]
+        v = tl.load(x_channels + positions.to(tl.int64)[None, :] * x_stride_s, mask=mask,
+                    other=0.0)
+        acc += v.to(ACC_DTYPE)
+    mean = tl.sum(acc, axis=1) / S
+
+    y_offsets = image * y_stride_n + channels.to(tl.int64) * y_stride_c
+    tl.store(y_ptr + y_offsets, mean.to(y_ptr.dtype.element_ty), mask=c_mask)
+
+
+@triton.jit
+def _global_avg_pool2d_backward_kernel(
+    g_ptr,  # grad_output (N, C, 1)
+    dx_ptr,  # grad_input (N, C, S)
+    # shape (N, C, S); N is covered by the grid
+    C,
+    S,
+    # strides, in elements
+    g_stride_n,
+    g_stride_c,
+    dx_stride_n,
+    dx_stride_c,
+    dx_stride_s,
+    # compile-time options
+    ACC_DTYPE: tl.constexpr,
+    # tiling: a BLOCK_C x BLOCK_S tile of one image
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tiles_s = tl.cdiv(S, BLOCK_S)
+    tiles_c = tl.cdiv(C, BLOCK_C)
+    image = (pid // (tiles_s * tiles_c)).to(tl.int64)
+    channels = pid // tiles_s % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    positions = pid % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    c_mask = channels < C
+    channels64 = channels.to(tl.int64)
+
+    g = tl.load(g_ptr + image * g_stride_n + channels64 * g_stride_c, mask=c_mask)
+    dx = tl.broadcast_to((g.to(ACC_DTYPE) / S)[:, None], (BLOCK_C, BLOCK_S))
+
+    dx_offsets = (image * dx_stride_n + channels64[:, None] * dx_stride_c +
+                  positions.to(tl.int64)[None, :] * dx_stride_s)
+    mask = c_mask[:, None] & (positions < S)[None, :]
+    tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _tile(channels, length, channels_contiguous, long_block):
+    """(BLOCK_C, BLOCK_L) of a tile over channels x one other axis of the given length:
+    long along the channels when they are contiguous, else along the other axis, up to
+    long_block of it."""
+    length = triton.next_power_of_2(max(length, 1))
+    if channels_contiguous and channels > 1:
+        block_c = min(triton.next_power_of_2(channels), 32)
+        block_l = min(length, _TILE // block_c)
+    else:
+        block_l = min(length, long_block)
+        block_c = min(triton.next_power_of_2(channels), max(_TILE // block_l, 1))
+    return block_c, block_l
+
+
+def _row_launch(t, kernel_size, channels, rows, width):
+    """Grid and compile-time options of a max-pooling kernel whose tiles cover rows x
+    width of t, a 4-d tensor whose strides pick the tiling."""
+    block_c, block_w = _tile(channels, width, t.stride(1) == 1, 128)
+    grid = (t.shape[0] * triton.cdiv(channels, block_c) * rows * triton.cdiv(width, block_w),)
+    options = {
+        "KERNEL_H": kernel_size[0],
+        "KERNEL_W": kernel_size[1],
+        "UNROLL": kernel_size[0] * kernel_size[1] <= _MAX_UNROLLED_TAPS,
+        "BLOCK_C": block_c,
+        "BLOCK_W": block_w,
+    }
+    return grid, options
+
+
+def _channel_tile(t):
+    """(BLOCK_C, BLOCK_S) of the global-average-pooling kernels on t, (N, C, S)."""
+    return _tile(t.shape[1], t.shape[2], t.stride(1) == 1, 1024)
+
+
+def _acc_dtype(t):
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def _on_device_of(tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def _check_dims(name, t, dims):
+    if t.dim() != dims:
+        raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(t.shape)}")
+
+
+def _check_like(name, t, other_name, other, dims):
+    """t has other's first dims sizes."""
+    if t.shape[:dims] != other.shape[:dims]:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not match {other_name} of "
+                         f"shape {tuple(other.shape)} in its first {dims} dimensions")
+
+
+def _check_dtype(name, t, other_name, other):
+    if t.dtype != other.dtype:
+        raise ValueError(f"{name} must have the dtype of {other_name}, {other.dtype}, got "
+                         f"{t.dtype}")
+
+
+def _check_positions(positions, output, output_name, kernel_size):
+    _check_dims("positions", positions, 4)
+    _check_like("positions", positions, output_name, output, 4)
+    taps = kernel_size[0] * kernel_size[1]
+    if positions.dtype not in (torch.uint8, torch.int32) or (
+            positions.dtype == torch.uint8 and taps > 256):
+        raise ValueError(f"positions must be uint8 (windows of up to 256 taps) or int32, got "
+                         f"{positions.dtype} for a window of {taps} taps")
+
+
+def max_pool2d_forward(input, output, positions, kernel_size, stride, padding, dilation):
+    """Writes max_pool2d(input) into output and, unless positions is None, the winner's
+    position in its window into positions; all (N, C, h, w) with any strides."""
+    _check_dims("input", input, 4)
+    _check_dims("output", output, 4)
+    _check_like("output", output, "input", input, 2)
+    _check_dtype("output", output, "input", input)
+    if positions is not None:
+        _check_positions(positions, output, "output", kernel_size)
+    if output.numel() == 0:
+        return
+    n, c, h, w = input.shape
+    oh, ow = output.shape[2:]
+    grid, options = _row_launch(input, kernel_size, c, oh, ow)
+    pos_strides = positions.stride() if positions is not None else (0, 0, 0, 0)
+    with _on_device_of(input):
+        _max_pool2d_forward_kernel[grid](
+            input, output, positions, c, h, w, oh, ow, *input.stride(), *output.stride(),
+            *pos_strides, *stride, *padding, *dilation,
+            WRITE_POSITIONS=positions is not None, ACC_DTYPE=_acc_dtype(input), **options)
+
+
+def max_pool2d_backward(grad_output, positions, grad_input, kernel_size, stride, padding,
+                        dilation):
+    """Writes dL/dinput into grad_input from grad_output and the forward's positions,
+    gathering over the windows that hold each input element; any strides."""
+    _check_dims("grad_output", grad_output, 4)
+    _check_dims("grad_input", grad_input, 4)
+    _check_like("grad_input", grad_input, "grad_output", grad_output, 2)
+    _check_dtype("grad_input", grad_input, "grad_output", grad_output)
+    _check_positions(positions, grad_output, "grad_output", kernel_size)
+    if grad_input.numel() == 0:
+        return
+    n, c, h, w = grad_input.shape
+    grid, options = _row_launch(grad_input, kernel_size, c, h, w)
+    with _on_device_of(grad_input):
+        _max_pool2d_backward_kernel[grid](
+            grad_output, positions, grad_input, c, h, w, *grad_output.shape[2:],
+            *grad_output.stride(), *positions.stride(), *grad_input.stride(), *stride,
+            *padding, *dilation, ACC_DTYPE=_acc_dtype(grad_input), **options)
+
+
+def _check_gap_views(name, t, other_name, other):
+    _check_dims(name, t, 3)
+    _check_dims(other_name, other, 3)
+    _check_like(name, t, other_name, other, 2)
+    _check_dtype(name, t, other_name, other)
+    if t.shape[2] != 1:
+        raise ValueError(f"{name} must have shape (N, C, 1), got {tuple(t.shape)}")
+
+
+def global_avg_pool2d_forward(input, output):
+    """Writes the mean of input (N, C, S) over S into output (N, C, 1); any strides."""
+    _check_gap_views("output", output, "input", input)
+    if output.numel() == 0:
+        return
+    n, c, s = input.shape
+    block_c, block_s = _channel_tile(input)
+    with _on_device_of(input):
+        _global_avg_pool2d_forward_kernel[(n * triton.cdiv(c, block_c),)](
+            input, output, c, s, *input.stride(), *output.stride()[:2],
+            ACC_DTYPE=_acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
+
+
+def global_avg_pool2d_backward(grad_output, grad_input):
+    """Writes grad_output (N, C, 1) / S into every element of grad_input (N, C, S)."""
+    _check_gap_views("grad_output", grad_output, "grad_input", grad_input)
+    if grad_input.numel() == 0:
+        return
+    n, c, s = grad_input.shape
+    block_c, block_s = _channel_tile(grad_input)
+    grid = (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
+    with _on_device_of(grad_input):
+        _global_avg_pool2d_backward_kernel[grid](
+            grad_output, grad_input, c, s, *grad_output.stride()[:2], *grad_input.stride(),
+            ACC_DTYPE=_acc_dtype(grad_input), BLOCK_C=block_c, BLOCK_S=block_s)
