@@ -8,6 +8,7 @@ fraction of a device-to-device copy of the same bytes, measured in the same run.
 
 import dataclasses
 import functools
+import math
 import pathlib
 import statistics
 import subprocess
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import fastcnn
+from fastcnn import ops
 
 IMPLEMENTATIONS = ("fastcnn", "eager", "compile")
 MODES = ("forward", "forward+backward")
@@ -27,12 +29,38 @@ class Op:
     ours: object  # fastcnn's function of one tensor
     theirs: object  # PyTorch's function of one tensor
     layers: dict  # layer name -> (C, H, W) of its input, from the networks that use the op
-    # Tensors of the input's size that one call must move (forward; forward+backward).
-    min_traffic: dict
+    # The fewest bytes one call must move: min_bytes(input shape, bytes per element, mode).
+    min_bytes: object
+
+
+def _lrn_bytes(shape, element_size, mode):
+    # forward reads x, writes y; backward reads x and dy, writes dx
+    tensors = {"forward": 2, "forward+backward": 5}[mode]
+    return tensors * math.prod(shape) * element_size
 
 
 # AlexNet's LRN: size 5, alpha 1e-4, beta 0.75, k 2 (Krizhevsky et al., 2012).
 _LRN_ARGS = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+
+# Overlapping pooling, 3x3 windows at stride 2 (Krizhevsky et al., 2012, section 3.4).
+_MAX_POOL_ARGS = dict(kernel_size=3, stride=2)
+
+
+def _max_pool_bytes(shape, element_size, mode):
+    n, c, h, w = shape
+    inputs = n * c * h * w
+    outputs = n * c * ops.pooling.pooled_size(h, 3, 2, 0, 1, False) * \
+        ops.pooling.pooled_size(w, 3, 2, 0, 1, False)
+    if mode == "forward":  # reads x, writes y
+        return (inputs + outputs) * element_size
+    # forward also writes a byte per output; backward reads dy and those bytes, writes dx
+    return 2 * (inputs + outputs) * element_size + 2 * outputs
+
+
+def _global_avg_pool_bytes(shape, element_size, mode):
+    # forward reads x (its output is N x C); backward writes dx
+    return {"forward": 1, "forward+backward": 2}[mode] * math.prod(shape) * element_size
+
 
 OPS = {
     "lrn": Op(
@@ -42,10 +70,32 @@ OPS = {
             "alexnet.conv1": (96, 55, 55),  # after conv1 + ReLU
             "alexnet.conv2": (256, 27, 27),  # after conv2 + ReLU
         },
-        # forward reads x, writes y; backward reads x and dy, writes dx
-        min_traffic={"forward": 2, "forward+backward": 5},
+        min_bytes=_lrn_bytes,
+    ),
+    "max_pool": Op(
+        ours=functools.partial(fastcnn.functional.max_pool2d, **_MAX_POOL_ARGS),
+        theirs=functools.partial(F.max_pool2d, **_MAX_POOL_ARGS),
+        layers={
+            "alexnet.pool1": (96, 55, 55),  # after conv1's LRN
+            "alexnet.pool2": (256, 27, 27),  # after conv2's LRN
+        },
+        min_bytes=_max_pool_bytes,
+    ),
+    "global_avg_pool": Op(
+        ours=fastcnn.functional.global_avg_pool2d,
+        theirs=functools.partial(F.adaptive_avg_pool2d, output_size=1),
+        layers={
+            "resnet50.avgpool": (2048, 7, 7),  # after the last bottleneck
+            "densenet121.avgpool": (1024, 7, 7),  # after the last dense block
+        },
+        min_bytes=_global_avg_pool_bytes,
     ),
 }
+
+
+def quick_layers():
+    """The first layer of each op: the subset that CPU runs time by default."""
+    return {next(iter(op.layers)) for op in OPS.values()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +148,7 @@ def build(case, implementation, device, inputs=2):
         {"fastcnn": op.ours, "eager": op.theirs}[implementation]
     backward = case.mode == "forward+backward"
     xs = [make_input(case, device, requires_grad=backward) for _ in range(inputs)]
-    grad = torch.randn_like(xs[0]) if backward else None
+    grad = torch.randn_like(fn(xs[0]).detach()) if backward else None
     state = {"i": 0}
 
     def step():
@@ -162,8 +212,9 @@ def summarize(case, milliseconds, copy_ms):
         row[f"{implementation}_ms"] = ms
         if implementation != "fastcnn" and ms is not None:
             row[f"speedup_vs_{implementation}"] = ms / ours
-    tensor_bytes = torch.finfo(case.dtype).bits // 8 * torch.Size(case.shape).numel()
-    moved = OPS[case.op].min_traffic[case.mode] * tensor_bytes
+    element_size = torch.finfo(case.dtype).bits // 8
+    tensor_bytes = element_size * math.prod(case.shape)
+    moved = OPS[case.op].min_bytes(case.shape, element_size, case.mode)
     row["gb_per_s"] = moved / ours / 1e6
     row["copy_gb_per_s"] = 2 * tensor_bytes / copy_ms / 1e6
     row["fraction_of_copy_bandwidth"] = row["gb_per_s"] / row["copy_gb_per_s"]
