@@ -43,6 +43,9 @@ def _bench(args):
     layouts = {"both": (False, True), "nchw": (False,), "channels_last": (True,)}[args.layout]
     implementations = ("fastcnn", "eager") if args.no_compile else benchmarking.IMPLEMENTATIONS
     case_list = benchmarking.cases(ops=args.ops, batch=batch, layouts=layouts)
+    if torch.device(device).type == "cpu" and not args.full:
+        quick = benchmarking.quick_layers()
+        case_list = [case for case in case_list if case.layer in quick]
     env = benchmarking.environment(device)
     print(f"fastcnn bench on {env['device']} (torch {env['torch']}, triton {env['triton']}); "
           f"median of {args.repeats} runs each, float32, batch {batch}", flush=True)
@@ -79,6 +82,8 @@ def build_parser():
     bench.add_argument("--batch", type=int, help="batch size (default: 16 on CPU, 128 on GPU)")
     bench.add_argument("--layout", choices=["both", "nchw", "channels_last"], default="both")
     bench.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
+    bench.add_argument("--full", action="store_true",
+                       help="every layer shape of each op (on CPU the default is the first)")
     bench.add_argument("--no-compile", action="store_true",
                        help="skip the torch.compile baseline (it compiles for minutes on CPU)")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")

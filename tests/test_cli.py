@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+from fastcnn import benchmarking
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -32,15 +34,15 @@ def test_info_json():
 def test_bench_prints_a_table_and_writes_json(tmp_path):
     path = tmp_path / "results.json"
     result = fastcnn("bench", "--batch", "1", "--repeats", "2", "--layout", "nchw",
-                     "--no-compile", "--json", str(path))
+                     "--no-compile", "--full", "--json", str(path))
     assert result.returncode == 0, result.stderr
     assert "alexnet.conv1 1x96x55x55 NCHW forward" in result.stdout
     assert "vs eager" in result.stdout
     data = json.loads(path.read_text())
     assert data["environment"]["torch"]
     rows = data["results"]
-    assert {(r["layer"], r["mode"]) for r in rows} == {
-        (layer, mode) for layer in ("alexnet.conv1", "alexnet.conv2")
+    assert {(r["op"], r["layer"], r["mode"]) for r in rows} == {
+        (op, layer, mode) for op in benchmarking.OPS for layer in benchmarking.OPS[op].layers
         for mode in ("forward", "forward+backward")}
     for row in rows:
         assert row["fastcnn_ms"] > 0 and row["eager_ms"] > 0

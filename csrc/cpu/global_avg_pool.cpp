@@ -1,9 +1,9 @@
 // Global average pooling of (N, C, S) views into (N, C, 1), forward and backward, on CPU
 // tensors: y[n, c] = sum_s x[n, c, s] / S and dL/dx[n, c, s] = g[n, c] / S.
 //
-// Sums are accumulated in float64 whatever the input dtype: pooling reads each input once
-// from memory, so the wider arithmetic costs nothing measurable, and a mean over a large
-// image stays exact to the output's precision.
+// Sums are accumulated in runs of at most 256 values in float32 (float64 for float64
+// inputs), and the runs' sums in float64, so that a mean over a large image stays exact
+// to the output's precision while the vectors hold as many lanes as they can.
 //
 // The lanes run along the axis that is contiguous: positions for NCHW (one row sum per
 // channel, in eight interleaved partial sums so that it vectorises), channels for
@@ -25,20 +25,29 @@ namespace {
 // Channels per pixel tile: their running sums stay in L1.
 constexpr int64_t kChannelTile = 2048;
 
-// The sum of n contiguous values in float64.
-template <typename T>
-FASTCNN_TARGET_CLONES double sum_row(const T* __restrict x, int64_t n) {
-  constexpr int kParts = 8;
-  double parts[kParts] = {};
-  int64_t i = 0;
-  for (; i + kParts <= n; i += kParts) {
-#pragma omp simd
-    for (int k = 0; k < kParts; ++k) parts[k] += static_cast<double>(x[i + k]);
+// out[r * out_stride] = scale * (sum of the n contiguous values at x + r * row_stride)
+// for `rows` rows. Runs of kRun values are summed in the accumulation type (float32 for
+// the 32-bit and narrower types, with whole vectors of lanes) and the runs' sums in
+// float64. The rows are one loop here (not a call each), so that the processor overlaps
+// their sums.
+template <typename scalar_t>
+FASTCNN_TARGET_CLONES void row_means(const scalar_t* __restrict x, int64_t row_stride,
+                                     int64_t rows, int64_t n, double scale,
+                                     scalar_t* __restrict out, int64_t out_stride) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kRun = 256;
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* row = x + r * row_stride;
+    double total = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += kRun) {
+      const int64_t i1 = std::min(n, i0 + kRun);
+      acc_t part = 0;
+#pragma omp simd reduction(+ : part)
+      for (int64_t i = i0; i < i1; ++i) part += static_cast<acc_t>(row[i]);
+      total += static_cast<double>(part);
+    }
+    out[r * out_stride] = static_cast<scalar_t>(total * scale);
   }
-  for (; i < n; ++i) parts[0] += static_cast<double>(x[i]);
-  double total = 0;
-  for (int k = 0; k < kParts; ++k) total += parts[k];
-  return total;
 }
 
 // sums[i] += x[i] for n lanes.
@@ -51,18 +60,22 @@ FASTCNN_TARGET_CLONES void add_lanes(const T* __restrict x, double* __restrict s
 template <typename scalar_t>
 void forward_rows(const ChannelView<const scalar_t>& x, const ChannelView<scalar_t>& y,
                   int64_t batch, int64_t channels, int64_t positions) {
-  using T = at::opmath_type<scalar_t>;
-  const int64_t grain = std::max<int64_t>(1, 4096 / positions);
   const double scale = 1.0 / static_cast<double>(positions);
+  const int64_t grain = std::max<int64_t>(1, 4096 / positions);
   at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> row(positions);
-    for (int64_t n = begin / channels, c = begin % channels, r = begin; r < end; ++r) {
-      const T* v = lanes_of<T>(x.at(n, c, 0), x.stride_s, row.data(), positions);
-      *y.at(n, c, 0) = static_cast<scalar_t>(sum_row(v, positions) * scale);
-      if (++c == channels) {
-        c = 0;
-        ++n;
+    std::vector<scalar_t> row(x.stride_s == 1 ? 0 : positions);
+    for (int64_t r = begin; r < end;) {
+      const int64_t n = r / channels, c = r % channels;
+      const int64_t count = std::min(end - r, channels - c);  // rows of image n
+      if (x.stride_s == 1) {
+        row_means(x.at(n, c, 0), x.stride_c, count, positions, scale, y.at(n, c, 0), y.stride_c);
+      } else {
+        for (int64_t i = 0; i < count; ++i) {
+          load_row(x.at(n, c + i, 0), x.stride_s, row.data(), positions);
+          row_means(row.data(), 0, 1, positions, scale, y.at(n, c + i, 0), 0);
+        }
       }
+      r += count;
     }
   });
 }
