@@ -13,14 +13,16 @@
 // increasing (oh, ow) as PyTorch's scatter does: deterministic, without atomics.
 //
 // Two tilings; the vector lanes run along the axis that is contiguous in memory:
-//   planes (NCHW): the lanes run along a row. Forward is separable: the maximum of each
-//     input row's horizontal windows first (kept in a ring of rows, as consecutive
-//     output rows share input rows), then the maximum down the KH rows of each window.
-//     Rows first, then columns, is the row-major scan: each row's scan yields its first
-//     maximum (or its last NaN), and scanning those in row order yields the window's.
-//     Backward splits a row's columns by their remainder modulo stride_w: within one
-//     such phase, the inputs a tap column kw reaches form a contiguous run, as do the
-//     outputs it comes from.
+//   planes (NCHW): the lanes run along a row, over blocks of rows of one plane at a time
+//     (so that one call does a block's worth of work and the rows stay in L2). Forward is
+//     separable: the horizontal windows of every input row of the block first, then the
+//     maximum down the KH rows of each window. Rows first, then columns, is the row-major
+//     scan: each row's scan yields its first maximum (or its last NaN), and scanning
+//     those in row order yields the window's. Strided taps read a copy of the rows split
+//     by column phase (index modulo stride_w), where each tap of a row's windows is one
+//     unit-stride run. Backward sums each phase of a row's columns in registers: within
+//     a phase, the columns that tap kw of the windows reaches form a contiguous run, as
+//     do the outputs it comes from.
 //   pixels (channels_last): the lanes run along channels, and each window is KH * KW
 //     channel rows combined in scan order.
 #include <algorithm>
@@ -561,43 +563,116 @@ struct ColumnGather {
 // first_out on, output ow at cg.front + ow, zeros and -1 around). Each phase's columns
 // are summed in registers over whole vectors of lanes (the padding makes the reads past
 // a row's outputs add nothing), then the phases are interleaved into the row.
+// One window tap that a run of input columns gathers from: the run of outputs at
+// `offset` in the block's padded rows of dL/dy and positions, and the code the tap must
+// have won with.
+struct GatherTerm {
+  int64_t offset;
+  int32_t code;
+};
+
+// What every plane shares in backward: the blocks of input rows, the output rows that
+// reach each, and, for each input row and column phase, its gather terms by increasing
+// (oh, ow).
+struct GatherPlan {
+  struct Block {
+    int64_t ih0, ih1, first_out, last_out;
+  };
+  std::vector<Block> blocks;
+  std::vector<int64_t> term_begin;  // terms of (row ih, phase r) at (ih * phases + r)
+  std::vector<GatherTerm> terms;
+
+  GatherPlan(const Axis& ah, const Axis& aw, const ColumnGather& cg, int64_t block) {
+    const auto phases = static_cast<int64_t>(cg.columns.size());
+    for (int64_t ih0 = 0; ih0 < ah.in; ih0 += block) {
+      Block b{ih0, std::min(ah.in, ih0 + block), ah.out, -1};
+      for (int64_t ih = b.ih0; ih < b.ih1; ++ih) {
+        ah.for_each_cover(ih, [&](int64_t, int64_t oh) {
+          b.first_out = std::min(b.first_out, oh);
+          b.last_out = std::max(b.last_out, oh);
+        });
+      }
+      for (int64_t ih = b.ih0; ih < b.ih1; ++ih) {
+        for (int64_t r = 0; r < phases; ++r) {
+          term_begin.push_back(static_cast<int64_t>(terms.size()));
+          ah.for_each_cover(ih, [&](int64_t kh, int64_t oh) {
+            for (const ColumnGather::Tap& t : cg.taps[r]) {
+              terms.push_back({(oh - b.first_out) * cg.row_length + cg.front - t.shift,
+                               static_cast<int32_t>(kh * aw.kernel + t.kw)});
+            }
+          });
+        }
+      }
+      blocks.push_back(b);
+    }
+    term_begin.push_back(static_cast<int64_t>(terms.size()));
+  }
+};
+
+// out[j] = (kAdd ? out[j] : 0) + the kTerms terms' contributions at j, added in order, in
+// one loop whose sum stays in a register.
+template <int kTerms, bool kAdd, typename T>
+FASTCNN_INLINE void sum_terms(const T* g, const int32_t* p, const GatherTerm* terms,
+                              T* __restrict out, int64_t n) {
+  const T* gv[kTerms];
+  const int32_t* pv[kTerms];
+  int32_t code[kTerms];
+  for (int t = 0; t < kTerms; ++t) {
+    gv[t] = g + terms[t].offset;
+    pv[t] = p + terms[t].offset;
+    code[t] = terms[t].code;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    T sum = kAdd ? out[j] : T(0);
+    for (int t = 0; t < kTerms; ++t) {
+      const T v = gv[t][j];  // loaded whether or not it is added, so that it vectorises
+      sum += pv[t][j] == code[t] ? v : T(0);
+    }
+    out[j] = sum;
+  }
+}
+
+// Input rows [b.ih0, b.ih1) of dL/dx (rows of aw.in lanes, into dx), gathered from the
+// block's rows of dL/dy and positions (g and p: a padded row of cg.row_length per output
+// row from b.first_out on, output ow at cg.front + ow, zeros and -1 around). Each phase's
+// columns are summed over whole vectors of lanes (the padding makes the reads past a
+// row's outputs add nothing), up to four taps per pass, then the phases are interleaved
+// into the row.
 template <typename T>
 FASTCNN_TARGET_CLONES void gather_rows(const T* __restrict g, const int32_t* __restrict p,
-                                       int64_t first_out, const Axis& ah, const Axis& aw,
-                                       const ColumnGather& cg, int64_t ih0, int64_t ih1,
+                                       const GatherPlan& plan, const GatherPlan::Block& b,
+                                       const Axis& aw, const ColumnGather& cg,
                                        T* __restrict runs, T* __restrict dx) {
-  constexpr int64_t kBlock = 64;
   const auto phases = static_cast<int64_t>(cg.columns.size());
   const int64_t run = ColumnGather::rounded(cg.columns[0]);
-  for (int64_t ih = ih0; ih < ih1; ++ih) {
-    T* row = dx + (ih - ih0) * aw.in;
+  for (int64_t ih = b.ih0; ih < b.ih1; ++ih) {
     for (int64_t r = 0; r < phases; ++r) {
+      const int64_t slot = ih * phases + r;
+      const GatherTerm* terms = plan.terms.data() + plan.term_begin[slot];
+      int64_t left = plan.term_begin[slot + 1] - plan.term_begin[slot];
       const int64_t count = ColumnGather::rounded(cg.columns[r]);
-      for (int64_t j0 = 0; j0 < count; j0 += kBlock) {
-        const int64_t width = std::min(kBlock, count - j0);
-        alignas(64) T sum[kBlock];
-#pragma omp simd
-        for (int64_t i = 0; i < width; ++i) sum[i] = T(0);
-        ah.for_each_cover(ih, [&](int64_t kh, int64_t oh) {
-          const T* g_row = g + (oh - first_out) * cg.row_length + cg.front + j0;
-          const int32_t* p_row = p + (oh - first_out) * cg.row_length + cg.front + j0;
-          for (const ColumnGather::Tap& t : cg.taps[r]) {
-            const auto code = static_cast<int32_t>(kh * aw.kernel + t.kw);
-            const T* gv = g_row - t.shift;
-            const int32_t* pv = p_row - t.shift;
-#pragma omp simd
-            for (int64_t i = 0; i < width; ++i) {
-              const T v = gv[i];  // loaded whether or not it is added, so that it vectorises
-              sum[i] += pv[i] == code ? v : T(0);
-            }
-          }
-        });
-        T* out = phases > 1 ? runs + r * run + j0 : row + j0;
-        const int64_t valid = std::min(width, cg.columns[r] - j0);
-        for (int64_t i = 0; i < valid; ++i) out[i] = sum[i];
+      T* out = runs + r * run;  // whole vectors, past the row: then copied into it
+      switch (left) {  // the first pass writes, the others add
+        case 0: std::fill(out, out + count, T(0)); break;
+        case 1: sum_terms<1, false>(g, p, terms, out, count); break;
+        case 2: sum_terms<2, false>(g, p, terms, out, count); break;
+        case 3: sum_terms<3, false>(g, p, terms, out, count); break;
+        default: sum_terms<4, false>(g, p, terms, out, count); break;
+      }
+      for (terms += 4, left -= 4; left > 0; terms += 4, left -= 4) {
+        switch (left) {
+          case 1: sum_terms<1, true>(g, p, terms, out, count); break;
+          case 2: sum_terms<2, true>(g, p, terms, out, count); break;
+          case 3: sum_terms<3, true>(g, p, terms, out, count); break;
+          default: sum_terms<4, true>(g, p, terms, out, count); break;
+        }
       }
     }
-    if (phases == 2) {  // stride 2, the common case: a pattern the compiler vectorises
+    T* row = dx + (ih - b.ih0) * aw.in;
+    if (phases == 1) {
+      std::copy(runs, runs + aw.in, row);
+    } else if (phases == 2) {  // stride 2, the common case: a pattern the compiler vectorises
       const T* even = runs;
       const T* odd = runs + run;
 #pragma omp simd
@@ -606,7 +681,7 @@ FASTCNN_TARGET_CLONES void gather_rows(const T* __restrict g, const int32_t* __r
         row[2 * j + 1] = odd[j];
       }
       if (cg.columns[0] > cg.columns[1]) row[2 * cg.columns[1]] = even[cg.columns[1]];
-    } else if (phases > 2) {
+    } else {
       for (int64_t r = 0; r < phases; ++r) {
         for (int64_t j = 0; j < cg.columns[r]; ++j) row[r + j * aw.stride] = runs[r * run + j];
       }
@@ -626,31 +701,23 @@ void backward_planes(const BackwardArgs<scalar_t, pos_t>& args) {
   // that reach them, stay in L2
   const int64_t per_row = sizeof(T) * aw.in + (sizeof(T) + 4) * cg.row_length;
   const int64_t block = std::clamp<int64_t>(256 * 1024 / per_row, ah.span(), std::max<int64_t>(ah.in, 1));
-  const int64_t max_out_rows = std::min(ah.out, block / ah.stride + ah.span() / ah.stride + 2);
+  const GatherPlan plan(ah, aw, cg, block);
+  int64_t max_out_rows = 1;
+  for (const auto& b : plan.blocks) max_out_rows = std::max(max_out_rows, b.last_out - b.first_out + 1);
   at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> g(max_out_rows * cg.row_length, T(0)), runs(phases * run),
-        dx(block * aw.in + kVectorLanes);
+    std::vector<T> g(max_out_rows * cg.row_length, T(0)), runs(phases * run), dx(block * aw.in);
     std::vector<int32_t> p(max_out_rows * cg.row_length, -1);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / args.channels, c = plane % args.channels;
-      for (int64_t ih0 = 0; ih0 < ah.in; ih0 += block) {
-        const int64_t ih1 = std::min(ah.in, ih0 + block);
-        // the output rows whose windows reach rows [ih0, ih1)
-        int64_t first_out = ah.out, last_out = -1;
-        for (int64_t ih = ih0; ih < ih1; ++ih) {
-          ah.for_each_cover(ih, [&](int64_t, int64_t oh) {
-            first_out = std::min(first_out, oh);
-            last_out = std::max(last_out, oh);
-          });
-        }
-        for (int64_t oh = first_out; oh <= last_out; ++oh) {
-          const int64_t at = (oh - first_out) * cg.row_length + cg.front;
+      for (const GatherPlan::Block& b : plan.blocks) {
+        for (int64_t oh = b.first_out; oh <= b.last_out; ++oh) {
+          const int64_t at = (oh - b.first_out) * cg.row_length + cg.front;
           load_row(args.g.at(n, c, oh, 0), args.g.stride_w, g.data() + at, aw.out);
           load_row(args.positions.at(n, c, oh, 0), args.positions.stride_w, p.data() + at, aw.out);
         }
-        gather_rows(g.data(), p.data(), first_out, ah, aw, cg, ih0, ih1, runs.data(), dx.data());
-        for (int64_t ih = ih0; ih < ih1; ++ih) {
-          store_row(dx.data() + (ih - ih0) * aw.in, args.dx.at(n, c, ih, 0), args.dx.stride_w, aw.in);
+        gather_rows(g.data(), p.data(), plan, b, aw, cg, runs.data(), dx.data());
+        for (int64_t ih = b.ih0; ih < b.ih1; ++ih) {
+          store_row(dx.data() + (ih - b.ih0) * aw.in, args.dx.at(n, c, ih, 0), args.dx.stride_w, aw.in);
         }
       }
     }
