@@ -313,6 +313,8 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
   }
 }
 
+// (m: rows m_stride apart, each written over `lanes` lanes, so that when m is the output
+// itself a row's overshoot lands on the next row, which is written after it.)
 // For output rows [oh0, oh1): the maximum down each window's rows of horizontal maxima
 // (hm, hp: one row of `lanes` per input row from first_row on), in scan order, into
 // rows of m and p.
@@ -320,10 +322,11 @@ template <typename T, bool kPositions>
 FASTCNN_TARGET_CLONES void column_windows(const T* __restrict hm, const int32_t* __restrict hp,
                                           int64_t first_row, const Axis& ah, int64_t kernel_w,
                                           int64_t oh0, int64_t oh1, int64_t lanes,
-                                          T* __restrict m, int32_t* __restrict p) {
+                                          T* __restrict m, int64_t m_stride,
+                                          int32_t* __restrict p) {
   constexpr int64_t kBlock = 64;
   for (int64_t oh = oh0; oh < oh1; ++oh) {
-    T* out_m = m + (oh - oh0) * lanes;
+    T* out_m = m + (oh - oh0) * m_stride;
     int32_t* out_p = p + (oh - oh0) * lanes;
     const int64_t k0 = ah.first_tap[oh], k1 = ah.end_tap[oh];
     if (k0 >= k1) {  // no row in the input (only odd dilations get here): -inf, as PyTorch
@@ -428,6 +431,8 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
   // rows used where they lie when they are one contiguous run of T, else converted
   const bool in_place = std::is_same_v<T, scalar_t> && args.x.stride_w == 1 &&
                         (args.x.stride_h == aw.in || ah.in == 1);
+  const bool direct = std::is_same_v<T, scalar_t> && args.y.stride_w == 1 &&
+                      args.y.stride_h == aw.out;
   SplitRows layout;
   layout.stride = aw.stride;
   layout.margin = (aw.pad / aw.stride + 1) * aw.stride;
@@ -457,12 +462,30 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
         }
         layout.split(flat, rows * aw.in, phases.data());
         row_windows<T, kPositions>(flat, phases.data(), layout, rows, aw, hm.data(), hp.data());
-        column_windows<T, kPositions>(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0, oh1,
-                                      lanes, m.data(), p.data());
+        // values go straight to a contiguous output plane, all rows but its last (whose
+        // overshoot would land past the plane)
+        const int64_t direct_rows = direct ? std::min(oh1, ah.out - 1) - oh0 : 0;
+        if (direct_rows > 0) {
+          if constexpr (std::is_same_v<T, scalar_t>) {
+            column_windows<T, kPositions>(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0,
+                                          oh0 + direct_rows, lanes, args.y.at(n, c, oh0, 0),
+                                          aw.out, p.data());
+          }
+        }
+        if (direct_rows < oh1 - oh0) {
+          column_windows<T, kPositions>(
+              hm.data(), hp.data(), first_row, ah, aw.kernel, oh0 + direct_rows, oh1, lanes,
+              m.data() + direct_rows * lanes, lanes, p.data() + direct_rows * lanes);
+        }
         for (int64_t oh = oh0; oh < oh1; ++oh) {
-          store_lanes<scalar_t, pos_t, kPositions>(
-              m.data() + (oh - oh0) * lanes, p.data() + (oh - oh0) * lanes, args.y.at(n, c, oh, 0),
-              args.y.stride_w, args.positions.at(n, c, oh, 0), args.positions.stride_w, aw.out);
+          if (oh - oh0 >= direct_rows) {
+            store_row(m.data() + (oh - oh0) * lanes, args.y.at(n, c, oh, 0), args.y.stride_w,
+                      aw.out);
+          }
+          if constexpr (kPositions) {
+            store_row(p.data() + (oh - oh0) * lanes, args.positions.at(n, c, oh, 0),
+                      args.positions.stride_w, aw.out);
+          }
         }
       }
     }
