@@ -433,6 +433,9 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
                         (args.x.stride_h == aw.in || ah.in == 1);
   const bool direct = std::is_same_v<T, scalar_t> && args.y.stride_w == 1 &&
                       args.y.stride_h == aw.out;
+  // rows oh < direct_row_end have oh * out + lanes <= the plane's size
+  const int64_t plane_size = ah.out * aw.out;
+  const int64_t direct_row_end = plane_size >= lanes ? (plane_size - lanes) / aw.out + 1 : 0;
   SplitRows layout;
   layout.stride = aw.stride;
   layout.margin = (aw.pad / aw.stride + 1) * aw.stride;
@@ -462,9 +465,10 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
         }
         layout.split(flat, rows * aw.in, phases.data());
         row_windows<T, kPositions>(flat, phases.data(), layout, rows, aw, hm.data(), hp.data());
-        // values go straight to a contiguous output plane, all rows but its last (whose
-        // overshoot would land past the plane)
-        const int64_t direct_rows = direct ? std::min(oh1, ah.out - 1) - oh0 : 0;
+        // values go straight to a contiguous output plane, in the rows whose overshoot
+        // stays inside the plane (it lands on rows written after them)
+        const int64_t direct_rows =
+            direct ? std::clamp(direct_row_end - oh0, int64_t{0}, oh1 - oh0) : 0;
         if (direct_rows > 0) {
           if constexpr (std::is_same_v<T, scalar_t>) {
             column_windows<T, kPositions>(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0,

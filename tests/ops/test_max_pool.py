@@ -178,6 +178,31 @@ def test_kernels_read_and_write_any_strides(backend_device, layout):
         torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 13, 13), (1, 2, 5, 7), (2, 3, 55, 55)])
+def test_kernels_write_nothing_outside_their_outputs(backend_device, shape):
+    """Contiguous outputs at the start of larger buffers: what follows them stays intact
+    (row loops that run over whole vectors must not spill past a plane)."""
+    backend, device = backend_device
+    x = randn(*shape, dtype=torch.float32, device=device)
+    n, c, h, w = shape
+    out_h, out_w = (h - 3) // 2 + 1, (w - 3) // 2 + 1
+    pool = ((3, 3), (2, 2), (0, 0), (1, 1))
+    kernels = backends.kernels(backend)
+    for positions in (False, True):
+        buffer = torch.full((n * c * out_h * out_w + 64,), -7.0, device=device)
+        y = buffer[:n * c * out_h * out_w].view(n, c, out_h, out_w)
+        p = torch.empty(n, c, out_h, out_w, dtype=torch.uint8, device=device) if positions \
+            else None
+        kernels.max_pool2d_forward(x, y, p, *pool)
+        assert (buffer[y.numel():] == -7.0).all()
+        torch.testing.assert_close(y, F.max_pool2d(x, 3, 2), rtol=0, atol=0)
+        grad_buffer = torch.full((x.numel() + 64,), -7.0, device=device)
+        if positions:
+            dx = grad_buffer[:x.numel()].view(shape)
+            kernels.max_pool2d_backward(torch.ones_like(y), p, dx, *pool)
+            assert (grad_buffer[x.numel():] == -7.0).all()
+
+
 def test_large_windows_keep_int32_positions(backend_device):
     """More than 256 taps: positions no longer fit in a byte."""
     backend, device = backend_device
