@@ -35,3 +35,36 @@ def assert_close_to_reference(actual, expected, dtype, backend=None, device="cpu
     """actual (any dtype) against a float64 expected value, NaNs in the same places."""
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), equal_nan=True,
                                **tolerance(dtype, backend, device))
+
+
+# Views of a 4-d tensor that are not contiguous in different ways, for the kernels' any-
+# stride paths.
+NON_CONTIGUOUS = {
+    "every-other-channel": lambda t: t[:, ::2],
+    "every-other-column": lambda t: t[..., ::2],
+    "cropped": lambda t: t[:, :, 1:-1, 2:-1],  # spatial dims no longer share one stride
+    "transposed-hw": lambda t: t.transpose(2, 3),
+    "batch-innermost": lambda t: t.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2),
+    "channels-last-sliced": lambda t: t.to(memory_format=torch.channels_last)[:, 1:6, ::2],
+}
+
+
+def check_compiled_model_matches_eager(net, x, backend, parameter):
+    """net under torch.compile(fullgraph=True) gives eager's output and gradient of
+    `parameter` (one of its parameters), on `backend`, and its output without grad."""
+    import fastcnn
+
+    with fastcnn.use_backend(backend):
+        expected = net(x)
+        expected.sum().backward()
+        expected_grad = parameter.grad.clone()
+        net.zero_grad()
+        torch._dynamo.reset()
+        compiled = torch.compile(net, fullgraph=True)
+        actual = compiled(x)
+        actual.sum().backward()
+        with torch.no_grad():
+            inference = compiled(x)
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(inference, expected)
+    torch.testing.assert_close(parameter.grad, expected_grad)

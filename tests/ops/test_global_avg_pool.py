@@ -3,7 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close_to_reference, randn
+from helpers import (NON_CONTIGUOUS, assert_close_to_reference,
+                     check_compiled_model_matches_eager, randn)
 
 import fastcnn
 from fastcnn import backends
@@ -50,15 +51,6 @@ def test_gradient_keeps_the_input_layout(backend_device):
     x = randn(2, 16, 5, 5, device=device, channels_last=True).requires_grad_()
     global_avg_pool2d(x).sum().backward()
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
-
-
-NON_CONTIGUOUS = {
-    "every-other-channel": lambda t: t[:, ::2],
-    "every-other-column": lambda t: t[..., ::2],
-    "cropped": lambda t: t[:, :, 1:6, 2:7],  # spatial dims no longer share one stride
-    "batch-innermost": lambda t: t.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2),
-    "channels-last-sliced": lambda t: t.to(memory_format=torch.channels_last)[:, 1:6, ::2],
-}
 
 
 @pytest.mark.parametrize("make", NON_CONTIGUOUS.values(), ids=NON_CONTIGUOUS.keys())
@@ -180,17 +172,8 @@ def test_module_is_a_drop_in_for_adaptive_avg_pool():
 def test_torch_compile_fullgraph(backend):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), fastcnn.nn.GlobalAvgPool2d(flatten=True),
                               torch.nn.Linear(8, 2)).double()
-    x = randn(2, 3, 9, 9, dtype=torch.float64)
-    with fastcnn.use_backend(backend):
-        expected = net(x)
-        expected.sum().backward()
-        expected_grad = net[0].weight.grad.clone()
-        net.zero_grad()
-        torch._dynamo.reset()
-        actual = torch.compile(net, fullgraph=True)(x)
-        actual.sum().backward()
-    torch.testing.assert_close(actual, expected)
-    torch.testing.assert_close(net[0].weight.grad, expected_grad)
+    check_compiled_model_matches_eager(net, randn(2, 3, 9, 9, dtype=torch.float64), backend,
+                                       net[0].weight)
 
 
 @pytest.mark.parametrize(

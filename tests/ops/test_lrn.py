@@ -3,7 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close_to_reference, randn
+from helpers import (NON_CONTIGUOUS, assert_close_to_reference,
+                     check_compiled_model_matches_eager, randn)
 
 import fastcnn
 from fastcnn import backends
@@ -67,16 +68,6 @@ def test_channels_last_matches_torch_and_keeps_its_layout(backend_device, shape)
     check_against_torch(x, 5, 0.3, 0.75, 1.0, backend, device)
     memory_format = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
     assert local_response_norm(x, 5).is_contiguous(memory_format=memory_format)
-
-
-NON_CONTIGUOUS = {
-    "every-other-channel": lambda t: t[:, ::2],
-    "every-other-column": lambda t: t[..., ::2],
-    "cropped-rows": lambda t: t[:, :, :, 1:5],  # spatial dims no longer share one stride
-    "transposed-hw": lambda t: t.transpose(2, 3),
-    "batch-innermost": lambda t: t.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2),
-    "channels-last-sliced": lambda t: t.to(memory_format=torch.channels_last)[:, 1:6, ::2],
-}
 
 
 @pytest.mark.parametrize("make", NON_CONTIGUOUS.values(), ids=NON_CONTIGUOUS.keys())
@@ -288,18 +279,8 @@ class _Net(torch.nn.Module):
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
 def test_torch_compile_fullgraph(backend):
     net = _Net().double()
-    x = randn(2, 3, 9, 9, dtype=torch.float64)
-    with fastcnn.use_backend(backend):
-        expected = net(x)
-        expected.sum().backward()
-        expected_grad = net.conv.weight.grad.clone()
-        net.zero_grad()
-        torch._dynamo.reset()
-        compiled = torch.compile(net, fullgraph=True)
-        actual = compiled(x)
-        actual.sum().backward()
-    torch.testing.assert_close(actual, expected)
-    torch.testing.assert_close(net.conv.weight.grad, expected_grad)
+    check_compiled_model_matches_eager(net, randn(2, 3, 9, 9, dtype=torch.float64), backend,
+                                       net.conv.weight)
 
 
 def test_torch_compile_follows_use_backend(monkeypatch):

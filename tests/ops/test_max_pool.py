@@ -3,7 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close_to_reference, randn
+from helpers import (NON_CONTIGUOUS, assert_close_to_reference,
+                     check_compiled_model_matches_eager, randn)
 
 import fastcnn
 from fastcnn import backends
@@ -116,16 +117,6 @@ def test_nan_and_infinities_like_torch(backend_device, channels_last):
         x = x.to(memory_format=torch.channels_last)
     for args in [(3, 2, 0, 1, False), (3, 2, 1, 1, True), (2, 1, 0, 1, False)]:
         check_against_torch(x, *args, backend=backend, device=device)
-
-
-NON_CONTIGUOUS = {
-    "every-other-channel": lambda t: t[:, ::2],
-    "every-other-column": lambda t: t[..., ::2],
-    "cropped": lambda t: t[:, :, 1:8, 2:9],
-    "transposed-hw": lambda t: t.transpose(2, 3),
-    "batch-innermost": lambda t: t.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2),
-    "channels-last-sliced": lambda t: t.to(memory_format=torch.channels_last)[:, 1:6, ::2],
-}
 
 
 @pytest.mark.parametrize("make", NON_CONTIGUOUS.values(), ids=NON_CONTIGUOUS.keys())
@@ -339,21 +330,8 @@ class _Net(torch.nn.Module):
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
 def test_torch_compile_fullgraph(backend):
     net = _Net().double()
-    x = randn(2, 3, 11, 11, dtype=torch.float64)
-    with fastcnn.use_backend(backend):
-        expected = net(x)
-        expected.sum().backward()
-        expected_grad = net.conv.weight.grad.clone()
-        net.zero_grad()
-        torch._dynamo.reset()
-        compiled = torch.compile(net, fullgraph=True)
-        actual = compiled(x)
-        actual.sum().backward()
-        with torch.no_grad():
-            inference = compiled(x)
-    torch.testing.assert_close(actual, expected)
-    torch.testing.assert_close(inference, expected)
-    torch.testing.assert_close(net.conv.weight.grad, expected_grad)
+    check_compiled_model_matches_eager(net, randn(2, 3, 11, 11, dtype=torch.float64), backend,
+                                       net.conv.weight)
 
 
 def test_torch_compile_with_indices():
