@@ -1,6 +1,8 @@
-"""Drop-in nn.Modules: each subclasses the torch module it replaces and only calls the
-fastcnn function in forward."""
+"""Drop-in nn.Modules: each subclasses the torch module it replaces (or, for a fused
+block, holds the plain torch modules as submodules) and only calls the fastcnn function in
+forward."""
 
+from fastcnn.nn.conv_bn_act import ConvBNReLU
 from fastcnn.nn.lrn import LocalResponseNorm
 
-__all__ = ["LocalResponseNorm"]
+__all__ = ["ConvBNReLU", "LocalResponseNorm"]
