@@ -21,7 +21,8 @@
 //
 // The statistics are numerically stable: each run (a piece of a channel row, or a block of
 // positions) gets its own mean and sum of squared deviations from it, in two sweeps over
-// data still in L1/L2, and the runs are merged in float64 (Chan et al., 1979).
+// data still in L1/L2 (the second also corrects the first's rounded mean: the corrected
+// two-pass algorithm), and the runs are merged in float64 (Chan et al., 1979).
 #include <algorithm>
 #include <optional>
 #include <utility>
@@ -122,35 +123,40 @@ FASTCNN_TARGET_CLONES void sum_lanes(Lanes<const scalar_t> y, int64_t n, T& sum)
   sum = s;
 }
 
+// The sums of the lanes' deviations from `shift` and of their squares.
 template <typename scalar_t, typename T>
-FASTCNN_TARGET_CLONES void squared_deviation_lanes(Lanes<const scalar_t> y, int64_t n, T mean,
-                                                   T& m2) {
-  T s = 0;
+FASTCNN_TARGET_CLONES void deviation_sums_lanes(Lanes<const scalar_t> y, int64_t n, T shift,
+                                                T& sum_d, T& sum_d2) {
+  T s = 0, s2 = 0;
   if (y.stride == 1) {
-#pragma omp simd reduction(+ : s)
+#pragma omp simd reduction(+ : s, s2)
     for (int64_t i = 0; i < n; ++i) {
-      const T d = static_cast<T>(y.data[i]) - mean;
-      s += d * d;
+      const T d = static_cast<T>(y.data[i]) - shift;
+      s += d;
+      s2 += d * d;
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      const T d = static_cast<T>(y.data[i * y.stride]) - mean;
-      s += d * d;
+      const T d = static_cast<T>(y.data[i * y.stride]) - shift;
+      s += d;
+      s2 += d * d;
     }
   }
-  m2 = s;
+  sum_d = s;
+  sum_d2 = s2;
 }
 
-// Per-lane sums over one position of a channels_last block: sum[i] += y[i] (kSquares
-// false) or sum[i] += (y[i] - mean[i])^2.
-template <bool kSquares, typename scalar_t, typename T>
-FASTCNN_TARGET_CLONES void accumulate_lanes(Lanes<const scalar_t> y, const T* mean,
-                                            T* __restrict sum, int64_t n) {
+// Per-lane sums over one position of a channels_last block: sum[i] += y[i] (kDeviations
+// false), or sum[i] += d and sum2[i] += d^2 with d = y[i] - shift[i].
+template <bool kDeviations, typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void accumulate_lanes(Lanes<const scalar_t> y, const T* shift,
+                                            T* __restrict sum, T* __restrict sum2, int64_t n) {
   for_lanes(y.stride == 1, n, [&](int64_t i, int64_t one) {
     const T v = static_cast<T>(y.data[i * (one ? 1 : y.stride)]);
-    if constexpr (kSquares) {
-      const T d = v - mean[i];
-      sum[i] += d * d;
+    if constexpr (kDeviations) {
+      const T d = v - shift[i];
+      sum[i] += d;
+      sum2[i] += d * d;
     } else {
       sum[i] += v;
     }
@@ -304,6 +310,15 @@ struct Moments {
     m2 += m2_b + delta * delta * (count * count_b / total);
     count = total;
   }
+
+  // Merges values given as the sums of their deviations d from `shift` and of d^2: with a
+  // shift near their mean (a first, rounded estimate of it) the corrected two-pass
+  // formula m2 = sum d^2 - (sum d)^2 / n loses nothing to cancellation.
+  template <typename T>
+  void merge_deviations(double count_b, double shift, T sum_d, T sum_d2) {
+    const double s = static_cast<double>(sum_d);
+    merge(count_b, shift + s / count_b, static_cast<double>(sum_d2) - s * s / count_b);
+  }
 };
 
 template <typename scalar_t>
@@ -319,11 +334,12 @@ void batch_norm_stats_rows(const ChannelView<const scalar_t>& y, const Extent& e
       const int64_t c = item / (e.n * pieces), n = item / pieces % e.n;
       const int64_t s = item % pieces * kRunLength, w = std::min(kRunLength, e.s - s);
       const Lanes<const scalar_t> lanes{y.at(n, c, s), y.stride_s};
-      T sum, m2;
+      T sum, sum_d, sum_d2;
       sum_lanes(lanes, w, sum);
-      const T mean = sum / static_cast<T>(w);
-      squared_deviation_lanes(lanes, w, mean, m2);
-      acc[c].merge(static_cast<double>(w), static_cast<double>(mean), static_cast<double>(m2));
+      const T rough_mean = sum / static_cast<T>(w);
+      deviation_sums_lanes(lanes, w, rough_mean, sum_d, sum_d2);
+      acc[c].merge_deviations(static_cast<double>(w), static_cast<double>(rough_mean), sum_d,
+                              sum_d2);
     }
     partial[t] = std::move(acc);
   });
@@ -345,24 +361,27 @@ void batch_norm_stats_pixels(const ChannelView<const scalar_t>& y, const Extent&
   std::vector<std::vector<Moments>> partial(4 * at::get_num_threads());
   const int64_t tasks = for_each_task(blocks, [&](int64_t t, int64_t b, int64_t en) {
     std::vector<Moments> acc(e.c);
-    std::vector<T> sum(e.c), mean(e.c), m2(e.c);
+    std::vector<T> sum(e.c), rough_mean(e.c), sum_d(e.c), sum_d2(e.c);
     for (int64_t index = b; index < en; ++index) {
       const int64_t first = index * block, last = std::min(positions, first + block);
       std::fill(sum.begin(), sum.end(), T(0));
-      std::fill(m2.begin(), m2.end(), T(0));
+      std::fill(sum_d.begin(), sum_d.end(), T(0));
+      std::fill(sum_d2.begin(), sum_d2.end(), T(0));
       for (int64_t p = first; p < last; ++p) {
         accumulate_lanes<false>(Lanes<const scalar_t>{y.at(p / e.s, 0, p % e.s), y.stride_c},
-                                static_cast<const T*>(nullptr), sum.data(), e.c);
+                                static_cast<const T*>(nullptr), sum.data(),
+                                static_cast<T*>(nullptr), e.c);
       }
       const T count = static_cast<T>(last - first);
-      for (int64_t c = 0; c < e.c; ++c) mean[c] = sum[c] / count;
+      for (int64_t c = 0; c < e.c; ++c) rough_mean[c] = sum[c] / count;
       for (int64_t p = first; p < last; ++p) {
         accumulate_lanes<true>(Lanes<const scalar_t>{y.at(p / e.s, 0, p % e.s), y.stride_c},
-                               static_cast<const T*>(mean.data()), m2.data(), e.c);
+                               static_cast<const T*>(rough_mean.data()), sum_d.data(),
+                               sum_d2.data(), e.c);
       }
       for (int64_t c = 0; c < e.c; ++c) {
-        acc[c].merge(static_cast<double>(count), static_cast<double>(mean[c]),
-                     static_cast<double>(m2[c]));
+        acc[c].merge_deviations(static_cast<double>(count), static_cast<double>(rough_mean[c]),
+                                sum_d[c], sum_d2[c]);
       }
     }
     partial[t] = std::move(acc);

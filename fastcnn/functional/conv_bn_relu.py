@@ -38,6 +38,15 @@ def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
     return grad_x, grad_weight
 
 
+def _scale_and_shift(mean, invstd, bn_weight, bn_bias):
+    """The per-channel affine map of training-mode BatchNorm: gamma * (y - mean) * invstd +
+    beta = y * scale + shift."""
+    dtype = invstd.dtype
+    scale = invstd if bn_weight is None else invstd * bn_weight.to(dtype)
+    shift = -mean * scale if bn_bias is None else bn_bias.to(dtype) - mean * scale
+    return scale, shift
+
+
 class ConvBatchNormTrainingFunction(torch.autograd.Function):
     """Conv2d -> BatchNorm2d on the batch's statistics (+ residual) (-> ReLU).
 
@@ -52,25 +61,23 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
         # value: the convolution runs without it (the caller adds it to the running mean).
         mean, var = ops.batch_norm_stats(y, backend)
         invstd = torch.rsqrt(var + eps)
-        dtype = invstd.dtype
-        scale = invstd if bn_weight is None else invstd * bn_weight.to(dtype)
-        shift = -mean * scale if bn_bias is None else bn_bias.to(dtype) - mean * scale
+        scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
         z = ops.channel_affine_act(y, scale, shift, residual, relu, backend)
         # Saved: x and the weight (the convolution's backward needs them, as in eager), the
         # convolution output y, and per-channel vectors. Not saved: the normalised value and
         # the ReLU's output, which eager keeps; backward recomputes xhat and the ReLU mask
         # from y (and the residual, which the mask depends on: in a ResNet block it is the
-        # block's input, saved by the block's first convolution anyway).
-        ctx.save_for_backward(x, weight, y, residual if relu else None, mean, invstd, scale,
-                              shift, bn_weight, bn_bias, conv_bias)
+        # block's input, saved by the block's first convolution anyway). scale and shift
+        # are recomputed, bit for bit, from the vectors eager keeps too.
+        ctx.save_for_backward(x, weight, y, residual if relu else None, mean, invstd,
+                              bn_weight, bn_bias, conv_bias)
         ctx.conv_args, ctx.eps, ctx.relu, ctx.backend = conv_args, eps, relu, backend
         ctx.mark_non_differentiable(mean, var)
         return z, mean, var
 
     @staticmethod
     def backward(ctx, grad_z, _grad_mean, _grad_var):
-        (x, weight, y, residual, mean, invstd, scale, shift, bn_weight, bn_bias,
-         conv_bias) = ctx.saved_tensors
+        x, weight, y, residual, mean, invstd, bn_weight, bn_bias, conv_bias = ctx.saved_tensors
         need = ctx.needs_input_grad
         grads = [None] * 10
         if need[2]:
@@ -91,6 +98,7 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
             for i, g in zip(wanted, found):
                 grads[i] = g
             return tuple(grads)
+        scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
         sum_dz, sum_dz_xhat = ops.batch_norm_act_backward_reduce(
             grad_z, y, residual, scale, shift, mean, invstd, ctx.relu, ctx.backend)
         grad_residual_from_kernel = ctx.relu and need[5]
@@ -203,8 +211,8 @@ def _check_arguments(x, conv, bn, relu, residual):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__} {relu!r}")
     check_feature_map("x", x, min_dim=4)
     if x.dim() != 4:
-        raise ValueError(f"x must be a 4-d tensor (N, C, H, W), got a {x.dim()}-d tensor of "
-                         f"shape {tuple(x.shape)}")
+        raise ValueError(f"x must have 4 dimensions (N, C, H, W), got a {x.dim()}-d tensor "
+                         f"of shape {tuple(x.shape)}")
     if x.shape[1] != conv.in_channels:
         raise ValueError(f"x must have conv.in_channels = {conv.in_channels} channels, got "
                          f"{x.shape[1]} (shape {tuple(x.shape)})")
@@ -236,7 +244,8 @@ def _update_running_stats(bn, mean, var, count):
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
-            factor = 1.0 / bn.num_batches_tracked
+            # a tensor, not float(...): no host sync, and torch.compile traces it
+            factor = 1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
         else:
             factor = bn.momentum
         unbiased = var * (count / max(count - 1, 1))
@@ -283,6 +292,9 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
 
 
 def _training(x, conv, bn, relu, residual, conv_args, backend):
+    if residual is x:
+        # torch.compile cannot trace one tensor given twice to an autograd.Function
+        residual = residual.view_as(residual)
     return ConvBatchNormTrainingFunction.apply(
         x, conv.weight, conv.bias, bn.weight, bn.bias, residual, conv_args, bn.eps, relu,
         backend)

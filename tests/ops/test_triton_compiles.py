@@ -26,7 +26,8 @@ POINTER_TYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
 ACC_NAMES = {tl.float32: "fp32", tl.float64: "fp64"}
 # conv_bn_relu's per-channel vectors and partial results are in the accumulation dtype
 STAT_POINTERS = {"scale_ptr", "shift_ptr", "mean_ptr", "invstd_ptr", "sum_dz_ptr",
-                 "sum_dz_xhat_ptr", "sum_dz_dy_ptr", "count_ptr", "m2_ptr"}
+                 "sum_dz_xhat_ptr", "sum_dz_dy_ptr"}
+# except the batch statistics' partial results (partial_*), always float64
 
 
 def lrn_variants():
@@ -56,6 +57,8 @@ def compile_kernel(fn, dtype, options, int_type, capability):
         if param.is_constexpr:
             signature[param.name] = "constexpr"
             values[(index,)] = constexprs[param.name]
+        elif param.name.startswith("partial_"):
+            signature[param.name] = "*fp64"
         elif param.name in STAT_POINTERS:
             signature[param.name] = "*" + ACC_NAMES[acc]
         elif param.name.endswith("_ptr"):

@@ -18,7 +18,7 @@ The elementwise kernels give each program a BLOCK_C x BLOCK_S tile of one image.
 reductions give each program a block of channels and a contiguous share of the
 (image, positions) tiles; it keeps running per-channel results, merged tile by tile
 (the variance as Chan et al., 1979: each tile's mean and squared deviations from it, so no
-large sums of squares cancel), and writes one partial result per share, which the
+large sums of squares cancel; the running merge in float64), and writes one partial result per share, which the
 launcher merges in the same way. Strides are arguments, so NCHW, channels_last and other
 layouts run without a copy.
 """
@@ -116,10 +116,11 @@ def _share_of_tiles(S, total_tiles, tiles_per_share, BLOCK_C: tl.constexpr,
 @triton.jit
 def _batch_norm_stats_kernel(
     y_ptr,
-    # outputs, (shares, C) each: count, mean and sum of squared deviations of each share
-    count_ptr,
-    mean_ptr,
-    m2_ptr,
+    # outputs, (shares, C) each, float64: count, mean and sum of squared deviations of
+    # each share
+    partial_count_ptr,
+    partial_mean_ptr,
+    partial_m2_ptr,
     # shape (N, C, S)
     C,
     S,
@@ -140,9 +141,12 @@ def _batch_norm_stats_kernel(
                                                     BLOCK_S)
     c_mask = channels < C
     c_offsets = channels.to(tl.int64)[:, None] * y_stride_c
-    count = tl.zeros((BLOCK_C,), ACC_DTYPE)
-    mean = tl.zeros((BLOCK_C,), ACC_DTYPE)
-    m2 = tl.zeros((BLOCK_C,), ACC_DTYPE)
+    # The running merge is in float64: a float32 mean far from zero (1e4, say) carries an
+    # absolute error that the squared deviations of every later tile would inherit. It
+    # costs a few operations per channel and tile, against BLOCK_S loads.
+    count = tl.zeros((BLOCK_C,), tl.float64)
+    mean = tl.zeros((BLOCK_C,), tl.float64)
+    m2 = tl.zeros((BLOCK_C,), tl.float64)
     for tile in range(first, end):
         image = (tile // tiles_s).to(tl.int64)
         positions = tile % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -152,9 +156,13 @@ def _batch_norm_stats_kernel(
                     positions.to(tl.int64)[None, :] * y_stride_s, mask=mask,
                     other=0.0).to(ACC_DTYPE)
         tile_count = tl.sum(s_mask.to(ACC_DTYPE), axis=0)
-        tile_mean = tl.sum(y, axis=1) / tile_count
-        deviation = tl.where(mask, y - tile_mean[:, None], 0.0)
-        tile_m2 = tl.sum(deviation * deviation, axis=1)
+        rough_mean = tl.sum(y, axis=1) / tile_count
+        # corrected two-pass: the deviations' own sum corrects the rounded first mean
+        deviation = tl.where(mask, y - rough_mean[:, None], 0.0)
+        sum_d = tl.sum(deviation, axis=1)
+        tile_mean = rough_mean.to(tl.float64) + (sum_d / tile_count).to(tl.float64)
+        tile_m2 = (tl.sum(deviation * deviation, axis=1) - sum_d * sum_d / tile_count).to(
+            tl.float64)
         # Chan et al.: merge (count, mean, m2) with the tile's
         total = count + tile_count
         delta = tile_mean - mean
@@ -162,9 +170,9 @@ def _batch_norm_stats_kernel(
         m2 += tile_m2 + delta * delta * (count * tile_count / total)
         count = total
     out = tl.program_id(1).to(tl.int64) * C + channels
-    tl.store(count_ptr + out, count, mask=c_mask)
-    tl.store(mean_ptr + out, mean, mask=c_mask)
-    tl.store(m2_ptr + out, m2, mask=c_mask)
+    tl.store(partial_count_ptr + out, count, mask=c_mask)
+    tl.store(partial_mean_ptr + out, mean, mask=c_mask)
+    tl.store(partial_m2_ptr + out, m2, mask=c_mask)
 
 
 @triton.jit
@@ -355,7 +363,8 @@ def batch_norm_stats(input, mean, var):
     """Writes the per-channel mean and biased variance of input (N, C, S) into mean, var."""
     block_c, block_s = _blocks(input)
     grid, total_tiles, tiles_per_share = _shares(input, block_c, block_s)
-    partial = torch.empty((3, grid[1], input.shape[1]), dtype=mean.dtype, device=mean.device)
+    partial = torch.empty((3, grid[1], input.shape[1]), dtype=torch.float64,
+                          device=mean.device)
     counts, means, m2s = partial
     with _on_device_of(input):
         _batch_norm_stats_kernel[grid](
@@ -364,8 +373,9 @@ def batch_norm_stats(input, mean, var):
             BLOCK_S=block_s)
     # merge the shares' (count, mean, m2), as the kernel merges tiles
     total = counts.sum(0)
-    mean.copy_((counts * means).sum(0) / total)
-    var.copy_((m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)) / total)
+    merged_mean = (counts * means).sum(0) / total
+    mean.copy_(merged_mean)
+    var.copy_((m2s.sum(0) + (counts * (means - merged_mean) ** 2).sum(0)) / total)
 
 
 def batch_norm_act_backward_reduce(grad_output, input, residual, scale, shift, mean, invstd,
