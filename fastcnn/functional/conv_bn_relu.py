@@ -25,12 +25,46 @@ from fastcnn.kernels import reference
 from fastcnn.ops.conv_bn_relu import stat_dtype
 
 
+def _is_pointwise_gemm(x, weight, conv_args):
+    """Whether conv(x) runs as a batched matrix product: a 1x1 convolution with stride 1,
+    no padding and one group, on a contiguous (NCHW) float32/float64 CPU tensor. There it
+    is one GEMM per image over x's own memory, W (C_out, C_in) @ x[n] (C_in, H*W), which
+    MKL runs several times faster than oneDNN's NCHW convolution (3.6x for
+    (16, 256, 56, 56) 256->64 on a 2-core Xeon, which reorders NCHW to and from its blocked
+    layout); channels_last and CUDA tensors keep ATen's convolution, fast there."""
+    stride, padding, _, groups = conv_args
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and weight.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
+            and groups == 1 and x.is_contiguous())
+
+
 def _convolution(x, weight, conv_args):
+    """conv2d(x, weight) without bias: ATen's convolution, or a GEMM for pointwise ones."""
+    if _is_pointwise_gemm(x, weight, conv_args):
+        # bmm, not matmul: matmul computes this product transposed and returns it in that
+        # (channels_last-like) layout
+        n, c_in, h, w = x.shape
+        c_out = weight.shape[0]
+        y = torch.bmm(weight.view(c_out, c_in).expand(n, c_out, c_in), x.view(n, c_in, h * w))
+        return y.view(n, c_out, h, w)
     stride, padding, dilation, groups = conv_args
     return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
 def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
+    """(dL/dx, dL/dweight) of _convolution, each None where not needed."""
+    if _is_pointwise_gemm(x, weight, conv_args):
+        n, c_in, h, w = x.shape
+        c_out = weight.shape[0]
+        g3 = grad_y.reshape(n, c_out, h * w)
+        x3 = x.view(n, c_in, h * w)
+        grad_x = grad_weight = None
+        if need_x:  # W^T @ g[n]
+            grad_x = torch.bmm(weight.view(c_out, c_in).t().expand(n, c_in, c_out), g3)
+            grad_x = grad_x.view_as(x)
+        if need_weight:  # sum over n of g[n] @ x[n]^T
+            grad_weight = torch.bmm(g3, x3.transpose(1, 2)).sum(0).view_as(weight)
+        return grad_x, grad_weight
     stride, padding, dilation, groups = conv_args
     grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
         grad_y, x, weight, None, stride, padding, dilation, False, [0, 0], groups,

@@ -165,6 +165,22 @@ def test_channels_last_matches_eager_and_keeps_its_layout(backend_device, train)
         assert conv_bn_relu(x, conv, bn).is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_pointwise_convolution_keeps_nchw(train):
+    """A 1x1 convolution of an NCHW float32 tensor runs as a GEMM over x's memory; its
+    output and gradients are laid out as eager's."""
+    conv, bn = make_modules(8, 6, 1, dtype=torch.float32)
+    bn.train(train)
+    x = randn(2, 8, 5, 7)
+    check_against_eager(x, conv, bn, train=train)
+    x.requires_grad_()
+    z = conv_bn_relu(x, conv, bn)
+    z.backward(randn(*z.shape))
+    assert z.is_contiguous() and x.grad.is_contiguous() and conv.weight.grad.is_contiguous()
+    with torch.no_grad():
+        assert conv_bn_relu(x, conv, bn).is_contiguous()
+
+
 def test_mixed_layouts(backend_device):
     """A channels_last input with an NCHW residual: the kernels read each with its strides."""
     backend, device = backend_device
