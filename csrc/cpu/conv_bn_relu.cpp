@@ -50,11 +50,16 @@ struct Extent {
   int64_t count() const { return n * s; }  // values per channel
 };
 
-// A tensor's view along the lanes of one run: its first element and the stride between lanes.
+// A tensor's view along the lanes of one run: its first element, the stride between lanes
+// and the step from one run to the next of a block (the pixels tiling hands a kernel several
+// positions at a time).
 template <typename scalar_t>
 struct Lanes {
   scalar_t* data;
   int64_t stride;
+  int64_t step = 0;
+
+  Lanes next(int64_t runs) const { return {data + runs * step, stride, step}; }
 };
 
 // Per-channel constants seen from one run: a scalar broadcast over its lanes (kPerLane
@@ -99,15 +104,19 @@ FASTCNN_INLINE void for_lanes(bool unit, int64_t n, F body) {
 // ---------------------------------------------------------------------------------------
 
 template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
-FASTCNN_TARGET_CLONES void affine_act_lanes(Lanes<const scalar_t> y, Lanes<const scalar_t> r,
-                                            Lanes<scalar_t> out, const T* scale,
-                                            const T* shift, bool relu, int64_t n) {
-  const bool unit = y.stride == 1 && out.stride == 1 && (!kResidual || r.stride == 1);
-  for_lanes(unit, n, [&](int64_t i, int64_t one) {
-    const int64_t sy = one ? 1 : y.stride, sr = one ? 1 : r.stride, so = one ? 1 : out.stride;
-    const T v = pre_activation<kPerLane, kResidual>(y.data, r.data, i, sy, sr, scale, shift);
-    out.data[i * so] = static_cast<scalar_t>(relu_if(relu, v));
-  });
+FASTCNN_TARGET_CLONES void affine_act_lanes(Lanes<const scalar_t> y_run, Lanes<const scalar_t> r_run,
+                                            Lanes<scalar_t> out_run, const T* scale,
+                                            const T* shift, bool relu, int64_t n, int64_t runs) {
+  const bool unit = y_run.stride == 1 && out_run.stride == 1 && (!kResidual || r_run.stride == 1);
+  for (int64_t run = 0; run < runs; ++run) {
+    const auto y = y_run.next(run), r = r_run.next(run);
+    const auto out = out_run.next(run);
+    for_lanes(unit, n, [&](int64_t i, int64_t one) {
+      const int64_t sy = one ? 1 : y.stride, sr = one ? 1 : r.stride;
+      const T v = pre_activation<kPerLane, kResidual>(y.data, r.data, i, sy, sr, scale, shift);
+      out.data[i * (one ? 1 : out.stride)] = static_cast<scalar_t>(relu_if(relu, v));
+    });
+  }
 }
 
 // The sum of the lanes, and (below) the sum of their squared deviations from a mean.
@@ -218,23 +227,27 @@ struct BackwardCoefficients {
 };
 
 template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
-FASTCNN_TARGET_CLONES void backward_lanes(Lanes<const scalar_t> g, Lanes<const scalar_t> y,
-                                          Lanes<const scalar_t> r, Lanes<scalar_t> dy,
-                                          Lanes<scalar_t> dr, BackwardCoefficients<T> p,
-                                          bool relu, int64_t n) {
-  const bool write_dr = dr.data != nullptr;
-  const bool unit = g.stride == 1 && y.stride == 1 && dy.stride == 1 &&
-                    (!kResidual || r.stride == 1) && (!write_dr || dr.stride == 1);
-  for_lanes(unit, n, [&](int64_t i, int64_t one) {
-    const int64_t sg = one ? 1 : g.stride, sy = one ? 1 : y.stride, sr = one ? 1 : r.stride;
-    const T yv = static_cast<T>(y.data[i * sy]);
-    const T v = pre_activation<kPerLane, kResidual>(y.data, r.data, i, sy, sr, p.scale, p.shift);
-    const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(g.data[i * sg]);
-    dy.data[i * (one ? 1 : dy.stride)] = static_cast<scalar_t>(
-        channel_value<kPerLane>(p.scale, i) * (dz - channel_value<kPerLane>(p.mean_dz, i)) -
-        channel_value<kPerLane>(p.k, i) * (yv - channel_value<kPerLane>(p.mean, i)));
-    if (write_dr) dr.data[i * (one ? 1 : dr.stride)] = static_cast<scalar_t>(dz);
-  });
+FASTCNN_TARGET_CLONES void backward_lanes(Lanes<const scalar_t> g_run, Lanes<const scalar_t> y_run,
+                                          Lanes<const scalar_t> r_run, Lanes<scalar_t> dy_run,
+                                          Lanes<scalar_t> dr_run, BackwardCoefficients<T> p,
+                                          bool relu, int64_t n, int64_t runs) {
+  const bool write_dr = dr_run.data != nullptr;
+  const bool unit = g_run.stride == 1 && y_run.stride == 1 && dy_run.stride == 1 &&
+                    (!kResidual || r_run.stride == 1) && (!write_dr || dr_run.stride == 1);
+  for (int64_t run = 0; run < runs; ++run) {
+    const auto g = g_run.next(run), y = y_run.next(run), r = r_run.next(run);
+    const auto dy = dy_run.next(run), dr = dr_run.next(run);
+    for_lanes(unit, n, [&](int64_t i, int64_t one) {
+      const int64_t sg = one ? 1 : g.stride, sy = one ? 1 : y.stride, sr = one ? 1 : r.stride;
+      const T yv = static_cast<T>(y.data[i * sy]);
+      const T v = pre_activation<kPerLane, kResidual>(y.data, r.data, i, sy, sr, p.scale, p.shift);
+      const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(g.data[i * sg]);
+      dy.data[i * (one ? 1 : dy.stride)] = static_cast<scalar_t>(
+          channel_value<kPerLane>(p.scale, i) * (dz - channel_value<kPerLane>(p.mean_dz, i)) -
+          channel_value<kPerLane>(p.k, i) * (yv - channel_value<kPerLane>(p.mean, i)));
+      if (write_dr) dr.data[i * (one ? 1 : dr.stride)] = static_cast<scalar_t>(dz);
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -255,23 +268,31 @@ bool use_pixel_tiles(const at::Tensor& y) {
 }
 
 // A run of lanes: positions [s, s + length) of channel c of image n (rows tiling), or
-// channels [0, C) of position s of image n (pixels tiling).
+// channels [0, C) of position s of image n (pixels tiling); `count` runs of the latter, at
+// positions s, s + 1, ..., make a block.
 struct Run {
   int64_t n, c, s, length;
+  int64_t count = 1;
 };
 
 template <typename scalar_t>
 Lanes<scalar_t> lanes_of(const ChannelView<scalar_t>& v, const Run& run, bool pixels) {
-  return {v.at(run.n, run.c, run.s), pixels ? v.stride_c : v.stride_s};
+  return {v.at(run.n, run.c, run.s), pixels ? v.stride_c : v.stride_s, v.stride_s};
 }
 
-// Calls visit(run) for runs covering the extent, in parallel.
+// Calls visit(run) for runs (blocks of runs, in the pixels tiling) covering the extent, in
+// parallel.
 template <typename F>
 void for_each_run(const Extent& e, bool pixels, F visit) {
   if (pixels) {
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(e.c, 1));
-    at::parallel_for(0, e.n * e.s, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) visit(Run{p / e.s, 0, p % e.s, e.c});
+    // blocks of positions of one image, ~4K values each
+    const int64_t block = std::max<int64_t>(1, 4096 / std::max<int64_t>(e.c, 1));
+    const int64_t blocks = (e.s + block - 1) / block;
+    at::parallel_for(0, e.n * blocks, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t s = b % blocks * block;
+        visit(Run{b / blocks, 0, s, e.c, std::min(block, e.s - s)});
+      }
     });
     return;
   }
@@ -531,7 +552,7 @@ void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>
           const auto call = [&](auto per_lane, auto has_residual) {
             affine_act_lanes<decltype(per_lane)::value, decltype(has_residual)::value>(
                 lanes_of(y, run, pixels), lanes_of(r, run, pixels), lanes_of(out, run, pixels),
-                a + run.c, b + run.c, relu, run.length);
+                a + run.c, b + run.c, relu, run.length, run.count);
           };
           using yes = std::true_type;
           using no = std::false_type;
@@ -663,11 +684,11 @@ void batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& in
                                           data_of<T>(mean) + run.c, mean_dz.data() + run.c,
                                           k.data() + run.c};
           const Lanes<scalar_t> dr_lanes =
-              dr.data ? lanes_of(dr, run, pixels) : Lanes<scalar_t>{nullptr, 0};
+              dr.data ? lanes_of(dr, run, pixels) : Lanes<scalar_t>{nullptr, 0, 0};
           const auto call = [&](auto per_lane, auto has_residual) {
             backward_lanes<decltype(per_lane)::value, decltype(has_residual)::value>(
                 lanes_of(g, run, pixels), lanes_of(y, run, pixels), lanes_of(r, run, pixels),
-                lanes_of(dy, run, pixels), dr_lanes, p, relu, run.length);
+                lanes_of(dy, run, pixels), dr_lanes, p, relu, run.length, run.count);
           };
           using yes = std::true_type;
           using no = std::false_type;

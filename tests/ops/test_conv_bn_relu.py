@@ -273,6 +273,39 @@ def test_kernels_read_and_write_any_strides(backend_device, layout):
         assert_close_to_reference(ours, expected, torch.float64, backend, device)
 
 
+# Strides that fit in 32 bits (so Triton types them int32) times indices that do not.
+@pytest.mark.parametrize("shape, strides", [((3, 2, 3), (2**30 + 3, 4, 1)),
+                                            ((1, 3, 3), (3 * (2**30 + 3), 2**30 + 3, 1))],
+                         ids=["batch-stride", "channel-stride"])
+def test_64_bit_offsets(backend_device, shape, strides):
+    """Element offsets beyond 2**31 in every kernel. The storage is reserved, not touched:
+    only the few elements of the views are written."""
+    backend, device = backend_device
+    if device != "cpu":
+        pytest.skip("the storage trick relies on lazily committed host memory")
+
+    def huge(fill):
+        t = torch.empty_strided(shape, strides, dtype=torch.float16)
+        return t.normal_() if fill else t
+
+    y, grad, residual, out, dy, dr = (huge(i < 3) for i in range(6))
+    c = shape[1]
+    scale, shift, invstd = torch.rand(c) + 0.5, torch.randn(c), torch.rand(c) + 0.5
+    results = {}
+    for name in (backend, "reference"):
+        kernels = backends.kernels(name)
+        mean, var, sum_dz, sum_dz_xhat = (torch.empty(c) for _ in range(4))
+        kernels.channel_affine_act(y, scale, shift, residual, out, True)
+        kernels.batch_norm_stats(y, mean, var)
+        kernels.batch_norm_act_backward_reduce(grad, y, residual, scale, shift, mean, invstd,
+                                               sum_dz, sum_dz_xhat, True)
+        kernels.batch_norm_act_backward(grad, y, residual, scale, shift, mean, invstd, sum_dz,
+                                        sum_dz_xhat, dy, dr, True)
+        results[name] = [t.clone() for t in (out, mean, var, sum_dz, sum_dz_xhat, dy, dr)]
+    for ours, expected in zip(results[backend], results["reference"]):
+        assert_close_to_reference(ours, expected, torch.float16)
+
+
 def test_gradcheck(backend_device):
     backend, device = backend_device
     block = fastcnn.nn.ConvBNReLU(3, 4, 3, padding=1).double().to(device)
