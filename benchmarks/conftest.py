@@ -1,7 +1,7 @@
 """pytest-benchmark settings for fastcnn's benchmarks.
 
-`pytest benchmarks/` times a quick subset on CPU (the first layer shape of each op) and every case
-on a GPU; --full times every case anywhere. On a GPU a round is CALLS_PER_GPU_SAMPLE
+`pytest benchmarks/` times a quick subset on CPU (each op's `quick` cases, as `fastcnn bench`)
+and every case on a GPU; --full times every case anywhere. On a GPU a round is CALLS_PER_GPU_SAMPLE
 back-to-back calls (pytest-benchmark's own table shows rounds; the summary, per call). After the run, a table gives each case's median
 for fastcnn, eager PyTorch and torch.compile, fastcnn's speedups, and its bandwidth against
 a copy measured in the same run. --save-results PATH writes that table as JSON (the format
@@ -28,8 +28,7 @@ def pytest_addoption(parser):
 def benchmark_cases(config_full):
     if DEVICE == "cuda" or config_full:
         return benchmarking.cases(batch=128 if DEVICE == "cuda" else 16)
-    quick = benchmarking.quick_layers()
-    return [c for c in benchmarking.cases(batch=16) if c.layer in quick]
+    return benchmarking.cases(batch=16, quick=True)
 
 
 def pytest_generate_tests(metafunc):

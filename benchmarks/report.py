@@ -22,6 +22,12 @@ def _speedup(row, baseline):
     return "n/a" if value is None else f"{value:.1f}x"
 
 
+def _bandwidth(row):
+    if row.get("gb_per_s") is None:  # compute-bound ops report none
+        return "n/a"
+    return f"{row['gb_per_s']:.1f} ({row['fraction_of_copy_bandwidth']:.0%})"
+
+
 def table(path):
     data = json.loads(path.read_text())
     env = data["environment"]
@@ -40,7 +46,7 @@ def table(path):
             f"| {row['layout']} | {row['mode']} | {_ms(row['fastcnn_ms'])} "
             f"| {_ms(row.get('eager_ms'))} | {_ms(row.get('compile_ms'))} "
             f"| {_speedup(row, 'eager')} | {_speedup(row, 'compile')} "
-            f"| {row['gb_per_s']:.1f} ({row['fraction_of_copy_bandwidth']:.0%}) |")
+            f"| {_bandwidth(row)} |")
     return "\n".join(lines)
 
 

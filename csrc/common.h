@@ -38,6 +38,9 @@ struct ChannelView {
   int64_t stride_c;
   int64_t stride_s;
 
+  // The view of an absent optional tensor: no data, never read.
+  ChannelView() : data(nullptr), stride_n(0), stride_c(0), stride_s(0) {}
+
   explicit ChannelView(const at::Tensor& t)
       : data(static_cast<scalar_t*>(t.data_ptr())),
         stride_n(t.stride(0)),

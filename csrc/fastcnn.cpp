@@ -60,4 +60,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("global_avg_pool2d_backward", &fastcnn::cpu::global_avg_pool2d_backward,
         "Global average pooling gradient: grad_output (N, C, 1) / S into grad_input (N, C, S).",
         py::arg("grad_output"), py::arg("grad_input"), py::call_guard<py::gil_scoped_release>());
+  m.def("channel_affine_act", &fastcnn::cpu::channel_affine_act,
+        "output = act(input * scale_c + shift_c (+ residual)); (N, C, S) views, output may be "
+        "input.",
+        py::arg("input"), py::arg("scale"), py::arg("shift"), py::arg("residual"),
+        py::arg("output"), py::arg("relu"), py::call_guard<py::gil_scoped_release>());
+  m.def("batch_norm_stats", &fastcnn::cpu::batch_norm_stats,
+        "Per-channel mean and biased variance of input, an (N, C, S) view.", py::arg("input"),
+        py::arg("mean"), py::arg("var"), py::call_guard<py::gil_scoped_release>());
+  m.def("batch_norm_act_backward_reduce", &fastcnn::cpu::batch_norm_act_backward_reduce,
+        "Per-channel sums of the masked gradient dz and of dz * xhat.", py::arg("grad_output"),
+        py::arg("input"), py::arg("residual"), py::arg("scale"), py::arg("shift"),
+        py::arg("mean"), py::arg("invstd"), py::arg("sum_dz"), py::arg("sum_dz_xhat"),
+        py::arg("relu"), py::call_guard<py::gil_scoped_release>());
+  m.def("batch_norm_act_backward", &fastcnn::cpu::batch_norm_act_backward,
+        "Gradients of the batch-norm input and of the residual; (N, C, S) views.",
+        py::arg("grad_output"), py::arg("input"), py::arg("residual"), py::arg("scale"),
+        py::arg("shift"), py::arg("mean"), py::arg("invstd"), py::arg("sum_dz"),
+        py::arg("sum_dz_xhat"), py::arg("grad_input"), py::arg("grad_residual"), py::arg("relu"),
+        py::call_guard<py::gil_scoped_release>());
 }

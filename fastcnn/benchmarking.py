@@ -29,18 +29,26 @@ class Op:
     ours: object  # fastcnn's function of one tensor
     theirs: object  # PyTorch's function of one tensor
     layers: dict  # layer name -> (C, H, W) of its input, from the networks that use the op
-    # The fewest bytes one call must move: min_bytes(input shape, bytes per element, mode).
+    # The fewest bytes one call must move, min_bytes(input shape, bytes per element, mode),
+    # or None for a compute-bound op (no bandwidth is reported).
     min_bytes: object
-
-
-def _lrn_bytes(shape, element_size, mode):
-    # forward reads x, writes y; backward reads x and dy, writes dx
-    tensors = {"forward": 2, "forward+backward": 5}[mode]
-    return tensors * math.prod(shape) * element_size
+    # (layer, layout) of the cases timed by default on CPU (`fastcnn bench`, `pytest
+    # benchmarks/`); None: all of them.
+    quick: tuple = None
+    # For an op with parameters: make(case, device, ours) -> the function of one tensor
+    # that fastcnn (ours=True) or PyTorch runs for the case, with modules of its own.
+    # It replaces ours and theirs.
+    make: object = None
 
 
 # AlexNet's LRN: size 5, alpha 1e-4, beta 0.75, k 2 (Krizhevsky et al., 2012).
 _LRN_ARGS = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+
+
+def _lrn_bytes(shape, element_size, mode):
+    # forward reads x, writes y; backward reads x and dy, writes dx
+    return {"forward": 2, "forward+backward": 5}[mode] * math.prod(shape) * element_size
+
 
 # Overlapping pooling, 3x3 windows at stride 2 (Krizhevsky et al., 2012, section 3.4).
 _MAX_POOL_ARGS = dict(kernel_size=3, stride=2)
@@ -61,8 +69,58 @@ def _global_avg_pool_bytes(shape, element_size, mode):
     # forward reads x (its output is N x C); backward writes dx
     return {"forward": 1, "forward+backward": 2}[mode] * math.prod(shape) * element_size
 
+# Conv -> BatchNorm -> ReLU layers of ResNet-50 (torchvision's names): layer -> conv
+# arguments; the ReLU follows the addition of the block's identity where "residual" is set.
+_CONV_BN_RELU_LAYERS = {
+    "resnet50.layer1.0.conv2": dict(in_channels=64, out_channels=64, kernel_size=3, padding=1),
+    "resnet50.layer1.1.conv1": dict(in_channels=256, out_channels=64, kernel_size=1),
+    "resnet50.layer1.0.conv3": dict(in_channels=64, out_channels=256, kernel_size=1,
+                                    residual=True),
+}
+
+
+def _conv_bn_relu(case, device, ours):
+    """Conv2d -> BatchNorm2d (+ identity) -> ReLU for one case: inference (eval mode, no
+    autograd) for "forward", a training step for "forward+backward"."""
+    spec = dict(_CONV_BN_RELU_LAYERS[case.layer])
+    with_residual = spec.pop("residual", False)
+    conv = torch.nn.Conv2d(**spec, bias=False)
+    bn = torch.nn.BatchNorm2d(spec["out_channels"])
+    memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
+    for module in (conv, bn):
+        module.to(device=device, dtype=case.dtype, memory_format=memory_format)
+        module.train(case.mode == "forward+backward")
+    residual = None
+    if with_residual:
+        n, _, h, w = case.shape
+        residual = torch.randn(n, spec["out_channels"], h, w, dtype=case.dtype, device=device)
+        residual = residual.contiguous(memory_format=memory_format)
+
+    def eager(x):
+        z = bn(conv(x))
+        if residual is not None:
+            z = z + residual
+        return torch.relu(z)
+
+    fn = eager
+    if ours:
+        fn = functools.partial(fastcnn.functional.conv_bn_relu, conv=conv, bn=bn,
+                               residual=residual)
+    if case.mode == "forward+backward":
+        return fn
+    return torch.no_grad()(fn)
+
 
 OPS = {
+    "conv_bn_relu": Op(
+        ours=None,
+        theirs=None,
+        layers={name: (spec["in_channels"], 56, 56)
+                for name, spec in _CONV_BN_RELU_LAYERS.items()},
+        min_bytes=None,
+        quick=(("resnet50.layer1.0.conv2", "NCHW"), ("resnet50.layer1.1.conv1", "NCHW")),
+        make=_conv_bn_relu,
+    ),
     "lrn": Op(
         ours=functools.partial(fastcnn.functional.local_response_norm, **_LRN_ARGS),
         theirs=functools.partial(F.local_response_norm, **_LRN_ARGS),
@@ -71,6 +129,7 @@ OPS = {
             "alexnet.conv2": (256, 27, 27),  # after conv2 + ReLU
         },
         min_bytes=_lrn_bytes,
+        quick=(("alexnet.conv1", "NCHW"), ("alexnet.conv1", "channels_last")),
     ),
     "max_pool": Op(
         ours=functools.partial(fastcnn.functional.max_pool2d, **_MAX_POOL_ARGS),
@@ -80,6 +139,7 @@ OPS = {
             "alexnet.pool2": (256, 27, 27),  # after conv2's LRN
         },
         min_bytes=_max_pool_bytes,
+        quick=(("alexnet.pool1", "NCHW"), ("alexnet.pool1", "channels_last")),
     ),
     "global_avg_pool": Op(
         ours=fastcnn.functional.global_avg_pool2d,
@@ -89,13 +149,9 @@ OPS = {
             "densenet121.avgpool": (1024, 7, 7),  # after the last dense block
         },
         min_bytes=_global_avg_pool_bytes,
+        quick=(("resnet50.avgpool", "NCHW"), ("resnet50.avgpool", "channels_last")),
     ),
 }
-
-
-def quick_layers():
-    """The first layer of each op: the subset that CPU runs time by default."""
-    return {next(iter(op.layers)) for op in OPS.values()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +172,19 @@ class Case:
         return f"{self.op} {self.layer} {'x'.join(map(str, self.shape))} {self.layout} {self.mode}"
 
 
-def cases(ops=tuple(OPS), batch=16, layouts=(False, True), modes=MODES):
-    return [
+def cases(ops=tuple(OPS), batch=16, layouts=(False, True), modes=MODES, quick=False):
+    """Every (op, layer, layout, mode) case; with quick, only each op's quick ones."""
+    selected = [
         Case(op, layer, (batch, *chw), channels_last, mode)
         for op in ops
         for layer, chw in OPS[op].layers.items()
         for channels_last in layouts
         for mode in modes
     ]
+    if quick:
+        selected = [c for c in selected
+                    if OPS[c.op].quick is None or (c.layer, c.layout) in OPS[c.op].quick]
+    return selected
 
 
 def make_input(case, device, requires_grad=False):
@@ -144,20 +205,25 @@ def build(case, implementation, device, inputs=2):
     """A callable running one step of `case` with `implementation`. It cycles through
     `inputs` fresh input tensors so that a GPU's L2 cache cannot hold the working set."""
     op = OPS[case.op]
-    fn = _compiled(op.theirs) if implementation == "compile" else \
-        {"fastcnn": op.ours, "eager": op.theirs}[implementation]
+    if op.make is not None:
+        fn = op.make(case, device, ours=implementation == "fastcnn")
+    else:
+        fn = op.ours if implementation == "fastcnn" else op.theirs
+    if implementation == "compile":
+        fn = _compiled(fn)
     backward = case.mode == "forward+backward"
     xs = [make_input(case, device, requires_grad=backward) for _ in range(inputs)]
-    grad = torch.randn_like(fn(xs[0]).detach()) if backward else None
-    state = {"i": 0}
+    state = {"i": 0, "grad": None}
 
     def step():
         x = xs[state["i"] % len(xs)]
         state["i"] += 1
         y = fn(x)
         if backward:
+            if state["grad"] is None:
+                state["grad"] = torch.randn_like(y)
             x.grad = None
-            y.backward(grad)
+            y.backward(state["grad"])
 
     return step
 
@@ -213,10 +279,12 @@ def summarize(case, milliseconds, copy_ms):
         if implementation != "fastcnn" and ms is not None:
             row[f"speedup_vs_{implementation}"] = ms / ours
     element_size = torch.finfo(case.dtype).bits // 8
-    tensor_bytes = element_size * math.prod(case.shape)
-    moved = OPS[case.op].min_bytes(case.shape, element_size, case.mode)
-    row["gb_per_s"] = moved / ours / 1e6
-    row["copy_gb_per_s"] = 2 * tensor_bytes / copy_ms / 1e6
+    row["copy_gb_per_s"] = 2 * element_size * math.prod(case.shape) / copy_ms / 1e6
+    min_bytes = OPS[case.op].min_bytes
+    if min_bytes is None:  # compute-bound: bandwidth says nothing
+        row["gb_per_s"] = row["fraction_of_copy_bandwidth"] = None
+        return row
+    row["gb_per_s"] = min_bytes(case.shape, element_size, case.mode) / ours / 1e6
     row["fraction_of_copy_bandwidth"] = row["gb_per_s"] / row["copy_gb_per_s"]
     return row
 
@@ -280,6 +348,12 @@ def _ratio(value):
     return "n/a" if value is None else f"{value:6.1f}x"
 
 
+def _bandwidth(row):
+    if row["gb_per_s"] is None:
+        return "n/a"
+    return f"{row['gb_per_s']:6.1f} ({row['fraction_of_copy_bandwidth']:4.0%})"
+
+
 def format_table(results, implementations=IMPLEMENTATIONS):
     """A plain-text table: median times, fastcnn's speedup over each baseline, bandwidth."""
     header = ["case", *(f"{name} ms" for name in implementations),
@@ -291,7 +365,7 @@ def format_table(results, implementations=IMPLEMENTATIONS):
             label,
             *(_ms(row.get(f"{name}_ms")) for name in implementations),
             *(_ratio(row.get(f"speedup_vs_{name}")) for name in implementations[1:]),
-            f"{row['gb_per_s']:6.1f} ({row['fraction_of_copy_bandwidth']:4.0%})",
+            _bandwidth(row),
         ])
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
     render = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731

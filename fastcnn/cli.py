@@ -42,19 +42,22 @@ def _bench(args):
     batch = args.batch or (128 if torch.device(device).type == "cuda" else 16)
     layouts = {"both": (False, True), "nchw": (False,), "channels_last": (True,)}[args.layout]
     implementations = ("fastcnn", "eager") if args.no_compile else benchmarking.IMPLEMENTATIONS
-    case_list = benchmarking.cases(ops=args.ops, batch=batch, layouts=layouts)
-    if torch.device(device).type == "cpu" and not args.full:
-        quick = benchmarking.quick_layers()
-        case_list = [case for case in case_list if case.layer in quick]
+    # On CPU, without --full or --ops, each op's quick cases (about two minutes on 2 cores)
+    quick = torch.device(device).type == "cpu" and not args.full and args.ops is None
+    case_list = benchmarking.cases(ops=args.ops or sorted(benchmarking.OPS), batch=batch,
+                                   layouts=layouts, quick=quick)
     env = benchmarking.environment(device)
     print(f"fastcnn bench on {env['device']} (torch {env['torch']}, triton {env['triton']}); "
-          f"median of {args.repeats} runs each, float32, batch {batch}", flush=True)
+          f"median of {args.repeats} runs each, float32, batch {batch}"
+          f"{'; quick subset (--full for all)' if quick else ''}", flush=True)
     log = (lambda message: print(f"  timing {message}", file=sys.stderr, flush=True)) \
         if args.verbose else None
     results = benchmarking.run(case_list, device, implementations, args.repeats, log)
     print(benchmarking.format_table(results, implementations))
     print("vs X: fastcnn's speedup over X (higher is better); GB/s: the fewest bytes the op "
-          "must move over fastcnn's time, and that as a fraction of a same-size copy.")
+          "must move over fastcnn's time, and that as a fraction of a same-size copy (n/a for "
+          "compute-bound ops). conv_bn_relu: forward is inference (eval mode), "
+          "forward+backward a training step.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "results": results}, f, indent=2)
@@ -77,13 +80,14 @@ def build_parser():
     bench = commands.add_parser(
         "bench", help="time fastcnn's ops against PyTorch eager and torch.compile")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    bench.add_argument("--ops", nargs="+", choices=sorted(OPS), default=sorted(OPS),
-                       help="ops to time (default: all)")
+    bench.add_argument("--ops", nargs="+", choices=sorted(OPS),
+                       help="ops to time, every case of each (default: all ops; on CPU only "
+                       "their quick cases unless --full)")
+    bench.add_argument("--full", action="store_true",
+                       help="every case of every op (on CPU the default is a quick subset)")
     bench.add_argument("--batch", type=int, help="batch size (default: 16 on CPU, 128 on GPU)")
     bench.add_argument("--layout", choices=["both", "nchw", "channels_last"], default="both")
     bench.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
-    bench.add_argument("--full", action="store_true",
-                       help="every layer shape of each op (on CPU the default is the first)")
     bench.add_argument("--no-compile", action="store_true",
                        help="skip the torch.compile baseline (it compiles for minutes on CPU)")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")

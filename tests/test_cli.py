@@ -34,26 +34,41 @@ def test_info_json():
 def test_bench_prints_a_table_and_writes_json(tmp_path):
     path = tmp_path / "results.json"
     result = fastcnn("bench", "--batch", "1", "--repeats", "2", "--layout", "nchw",
-                     "--no-compile", "--full", "--json", str(path))
+                     "--no-compile", "--json", str(path))
     assert result.returncode == 0, result.stderr
     assert "alexnet.conv1 1x96x55x55 NCHW forward" in result.stdout
     assert "vs eager" in result.stdout
     data = json.loads(path.read_text())
     assert data["environment"]["torch"]
     rows = data["results"]
+    # on CPU, by default, each op's quick cases
     assert {(r["op"], r["layer"], r["mode"]) for r in rows} == {
-        (op, layer, mode) for op in benchmarking.OPS for layer in benchmarking.OPS[op].layers
-        for mode in ("forward", "forward+backward")}
+        (c.op, c.layer, c.mode) for c in benchmarking.cases(batch=1, layouts=(False,), quick=True)}
+    assert {r["op"] for r in rows} == set(benchmarking.OPS)
     for row in rows:
         assert row["fastcnn_ms"] > 0 and row["eager_ms"] > 0
         assert row["speedup_vs_eager"] == row["eager_ms"] / row["fastcnn_ms"]
+        assert (row["gb_per_s"] is None) == (row["op"] == "conv_bn_relu")
 
     # the README tables are rendered from such files
     spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     report.ROOT = tmp_path
-    assert "| lrn | alexnet.conv1 | 1x96x55x55 | NCHW | forward |" in report.table(path)
+    table = report.table(path)
+    assert "| lrn | alexnet.conv1 | 1x96x55x55 | NCHW | forward |" in table
+    assert "| conv_bn_relu | resnet50.layer1.0.conv2 | 1x64x56x56 | NCHW | forward |" in table
+
+
+def test_bench_ops_times_every_case_of_an_op():
+    result = fastcnn("bench", "--ops", "conv_bn_relu", "--batch", "1", "--repeats", "1",
+                     "--layout", "channels_last", "--no-compile")
+    assert result.returncode == 0, result.stderr
+    for layer in ("resnet50.layer1.0.conv2", "resnet50.layer1.1.conv1",
+                  "resnet50.layer1.0.conv3"):
+        for mode in ("forward", "forward+backward"):
+            assert f"{layer} 1x" in result.stdout and f"channels_last {mode}" in result.stdout
+    assert "alexnet" not in result.stdout
 
 
 def test_bad_arguments_exit_with_a_message():

@@ -35,4 +35,26 @@ void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output
 
 void global_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& grad_input);
 
+// The passes of Conv -> BatchNorm -> ReLU (+ residual) around the convolution (see
+// conv_bn_relu.cpp). Per-channel vectors are (C,) in float32, or float64 for float64 input.
+void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>& scale,
+                        const at::Tensor& shift, const std::optional<at::Tensor>& residual,
+                        const at::Tensor& output, bool relu);
+
+void batch_norm_stats(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var);
+
+void batch_norm_act_backward_reduce(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const std::optional<at::Tensor>& residual,
+                                    const at::Tensor& scale, const at::Tensor& shift,
+                                    const at::Tensor& mean, const at::Tensor& invstd,
+                                    const at::Tensor& sum_dz, const at::Tensor& sum_dz_xhat,
+                                    bool relu);
+
+void batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                             const std::optional<at::Tensor>& residual, const at::Tensor& scale,
+                             const at::Tensor& shift, const at::Tensor& mean,
+                             const at::Tensor& invstd, const at::Tensor& sum_dz,
+                             const at::Tensor& sum_dz_xhat, const at::Tensor& grad_input,
+                             const std::optional<at::Tensor>& grad_residual, bool relu);
+
 }  // namespace fastcnn::cpu

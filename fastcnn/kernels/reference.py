@@ -110,3 +110,71 @@ def global_avg_pool2d_forward(input, output):
 def global_avg_pool2d_backward(grad_output, grad_input):
     grad = grad_output.to(_compute_dtype(grad_output.dtype)) / grad_input.shape[2]
     grad_input.copy_(grad.expand(grad_input.shape))
+
+
+# Conv -> BatchNorm -> ReLU (+ residual): the passes around the convolution. Per-channel
+# vectors are (C,) in the compute dtype; see csrc/cpu/conv_bn_relu.cpp for the formulas.
+
+def _per_channel(v):
+    return v.view(1, -1, 1)
+
+
+def _pre_activation(input, scale, shift, residual):
+    """y * scale + shift (+ r) in the compute dtype."""
+    v = input.to(_compute_dtype(input.dtype))
+    if scale is not None:
+        v = v * _per_channel(scale)
+    v = v + _per_channel(shift)
+    if residual is not None:
+        v = v + residual.to(v.dtype)
+    return v
+
+
+def _masked_grad(grad_output, input, residual, scale, shift, relu):
+    """dz: the gradient where the ReLU passed its input (as torch's threshold_backward)."""
+    g = grad_output.to(_compute_dtype(grad_output.dtype))
+    if not relu:
+        return g
+    return torch.where(_pre_activation(input, scale, shift, residual) <= 0, 0.0, g)
+
+
+def channel_affine_act(input, scale, shift, residual, output, relu):
+    v = _pre_activation(input, scale, shift, residual)
+    output.copy_(torch.relu(v) if relu else v)
+
+
+def batch_norm_stats(input, mean, var):
+    v, m = torch.var_mean(input.to(_compute_dtype(input.dtype)), dim=(0, 2), correction=0)
+    mean.copy_(m)
+    var.copy_(v)
+
+
+def batch_norm_act_backward_reduce(grad_output, input, residual, scale, shift, mean, invstd,
+                                   sum_dz, sum_dz_xhat, relu):
+    dz = _masked_grad(grad_output, input, residual, scale, shift, relu)
+    centered = input.to(dz.dtype) - _per_channel(mean)
+    sum_dz.copy_(dz.sum(dim=(0, 2)))
+    sum_dz_xhat.copy_((dz * centered).sum(dim=(0, 2)) * invstd)
+
+
+def batch_norm_act_backward(grad_output, input, residual, scale, shift, mean, invstd, sum_dz,
+                            sum_dz_xhat, grad_input, grad_residual, relu):
+    dz = _masked_grad(grad_output, input, residual, scale, shift, relu)
+    count = input.shape[0] * input.shape[2]
+    centered = input.to(dz.dtype) - _per_channel(mean)
+    k = scale * invstd * sum_dz_xhat / count
+    grad_input.copy_(_per_channel(scale) * (dz - _per_channel(sum_dz / count)) -
+                     _per_channel(k) * centered)
+    if grad_residual is not None:
+        grad_residual.copy_(dz)
+
+
+def conv_bn_relu_training(x, weight, bn_weight, bn_bias, residual, conv_args, eps, relu):
+    """Conv2d -> BatchNorm2d on batch statistics (+ residual) (-> ReLU) from differentiable
+    PyTorch ops: the backward of second derivatives (create_graph=True)."""
+    stride, padding, dilation, groups = conv_args
+    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    z = F.batch_norm(y, None, None, bn_weight, bn_bias, training=True, eps=eps)
+    if residual is not None:
+        z = z + residual
+    return torch.relu(z) if relu else z

@@ -1,7 +1,9 @@
-"""Drop-in nn.Modules: each subclasses the torch module it replaces and only calls the
-fastcnn function in forward."""
+"""Drop-in nn.Modules: each subclasses the torch module it replaces (or, for a fused
+block, holds the plain torch modules as submodules) and only calls the fastcnn function in
+forward."""
 
+from fastcnn.nn.conv_bn_act import ConvBNReLU
 from fastcnn.nn.lrn import LocalResponseNorm
 from fastcnn.nn.pooling import GlobalAvgPool2d, MaxPool2d
 
-__all__ = ["GlobalAvgPool2d", "LocalResponseNorm", "MaxPool2d"]
+__all__ = ["ConvBNReLU", "GlobalAvgPool2d", "LocalResponseNorm", "MaxPool2d"]

@@ -13,6 +13,7 @@ import pytest
 # Run in a fresh interpreter: the test session has TRITON_INTERPRET=1 set, under which
 # kernels are defined for the interpreter and cannot be compiled.
 SCRIPT = r"""
+import functools
 import sys
 from typing import NamedTuple
 
@@ -22,7 +23,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fastcnn.kernels.triton import lrn, pooling
+from fastcnn.kernels.triton import conv_bn_relu, lrn, pooling
 
 ACC_DTYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
               "fp64": tl.float64}
@@ -121,6 +122,34 @@ def gap_variants(spatial, pooled):
     yield Variant("fp32", gap_options((16, 64, 112, 112), False), "i64")
 
 
+# conv_bn_relu's per-channel vectors and partial results are in the accumulation dtype,
+# but the batch statistics' partial results (partial_*), always float64
+STAT_POINTERS = {"scale_ptr", "shift_ptr", "mean_ptr", "invstd_ptr", "sum_dz_ptr",
+                 "sum_dz_xhat_ptr", "sum_dz_dy_ptr"}
+
+
+def conv_bn_relu_variants(fn):
+    def pointers(dtype):
+        acc = "*fp64" if dtype == "fp64" else "*fp32"
+        return tuple((name, "*fp64" if name.startswith("partial_") else acc)
+                     for name in fn.arg_names if name in STAT_POINTERS or
+                     name.startswith("partial_"))
+
+    def options(**changes):
+        on = {"HAS_SCALE": True, "HAS_RESIDUAL": True, "RELU": True, "WRITE_DR": True,
+              "BLOCK_C": 8, "BLOCK_S": 256}
+        return {name: value for name, value in {**on, **changes}.items()
+                if name in fn.arg_names}
+
+    # every dtype with every option on; each option off in fp32; both tilings
+    for dtype in ACC_DTYPES:
+        yield Variant(dtype, options(), pointers=pointers(dtype))
+    for option in ("HAS_SCALE", "HAS_RESIDUAL", "RELU", "WRITE_DR"):
+        if option in fn.arg_names:
+            yield Variant("fp32", options(**{option: False}), pointers=pointers("fp32"))
+    yield Variant("fp32", options(BLOCK_C=64, BLOCK_S=32), "i64", pointers=pointers("fp32"))
+
+
 KERNELS = [
     (lrn._lrn_forward_kernel, lrn_variants),
     (lrn._lrn_backward_kernel, lrn_variants),
@@ -129,6 +158,9 @@ KERNELS = [
     (pooling._global_avg_pool2d_forward_kernel, lambda: gap_variants("x", "y")),
     (pooling._global_avg_pool2d_backward_kernel, lambda: gap_variants("dx", "g")),
 ]
+KERNELS += [(fn, functools.partial(conv_bn_relu_variants, fn)) for fn in (
+    conv_bn_relu._channel_affine_act_kernel, conv_bn_relu._batch_norm_stats_kernel,
+    conv_bn_relu._backward_reduce_kernel, conv_bn_relu._backward_kernel)]
 
 
 def compile_kernel(fn, variant, capability):

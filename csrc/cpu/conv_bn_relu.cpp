@@ -1,0 +1,704 @@
+// The passes of Conv -> BatchNorm -> ReLU (+ residual) around the convolution, on CPU
+// tensors. The convolution itself is ATen's; these kernels read its output y once per
+// pass, as (N, C, S) views, with per-channel constants (float32, or float64 for float64
+// tensors):
+//
+//   channel_affine_act       out = act(y * scale_c + shift_c (+ r))       (may run in place)
+//   batch_norm_stats         mean_c, var_c = mean and biased variance of y over (N, S)
+//   batch_norm_act_backward_reduce
+//                            sum_dz_c = sum dz,  sum_dz_xhat_c = invstd_c * sum dz (y - mean_c)
+//   batch_norm_act_backward  dy = scale_c (dz - sum_dz_c / M) - k_c (y - mean_c),  dr = dz
+//
+// with act the identity or ReLU, M = N * S, dz = g where the ReLU passed its input
+// (y * scale + shift + r > 0, recomputed from y) and 0 elsewhere, and
+// k_c = scale_c * invstd_c * sum_dz_xhat_c / M. In training, scale = gamma * invstd and
+// shift = beta - mean * scale, so that the forward is gamma * xhat + beta with
+// xhat = (y - mean) * invstd.
+//
+// Two tilings, as for LRN; the vector lanes run along the axis that is contiguous in
+// memory: runs of positions of one channel (NCHW), or the channels of one position
+// (channels_last). Other strides work too, with strided loads and stores.
+//
+// The statistics are numerically stable: each run (a piece of a channel row, or a block of
+// positions) gets its own mean and sum of squared deviations from it, in two sweeps over
+// data still in L1/L2 (the second also corrects the first's rounded mean: the corrected
+// two-pass algorithm), and the runs are merged in float64 (Chan et al., 1979).
+#include <algorithm>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "../common.h"
+#include "ops.h"
+
+namespace fastcnn::cpu {
+namespace {
+
+// Lanes per run along a channel row (NCHW): the run is swept twice by the statistics, so
+// it should stay in L1.
+constexpr int64_t kRunLength = 4096;
+// Values per block of positions in the channels_last tiling (a block is swept twice).
+constexpr int64_t kBlockValues = 8192;
+
+struct Extent {
+  int64_t n, c, s;
+  int64_t count() const { return n * s; }  // values per channel
+};
+
+// A tensor's view along the lanes of one run: its first element, the stride between lanes
+// and the step from one run to the next of a block (the pixels tiling hands a kernel several
+// positions at a time).
+template <typename scalar_t>
+struct Lanes {
+  scalar_t* data;
+  int64_t stride;
+  int64_t step = 0;
+
+  Lanes next(int64_t runs) const { return {data + runs * step, stride, step}; }
+};
+
+// Per-channel constants seen from one run: a scalar broadcast over its lanes (kPerLane
+// false: a run lies in one channel) or one value per lane (a run spans the channels).
+template <bool kPerLane, typename T>
+FASTCNN_INLINE T channel_value(const T* values, int64_t i) {
+  return kPerLane ? values[i] : values[0];
+}
+
+// ReLU as torch.relu: NaN stays NaN.
+template <typename T>
+FASTCNN_INLINE T relu_if(bool relu, T v) {
+  return relu && v <= T(0) ? T(0) : v;
+}
+
+// The value before the activation, y * scale + shift (+ r), written once so that forward
+// and backward (which recomputes the ReLU mask from it) round it the same way.
+template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
+FASTCNN_INLINE T pre_activation(const scalar_t* y, const scalar_t* r, int64_t i, int64_t sy,
+                                int64_t sr, const T* scale, const T* shift) {
+  T v = static_cast<T>(y[i * sy]) * channel_value<kPerLane>(scale, i) +
+        channel_value<kPerLane>(shift, i);
+  if constexpr (kResidual) v += static_cast<T>(r[i * sr]);
+  return v;
+}
+
+// Runs body(i, sy, sr, so) over n lanes: vectorised with unit strides when every tensor's
+// lanes are contiguous (lanes are independent, and an output is either disjoint from the
+// inputs or the very same elements), a plain strided loop otherwise.
+template <typename F>
+FASTCNN_INLINE void for_lanes(bool unit, int64_t n, F body) {
+  if (unit) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) body(i, int64_t(1));
+  } else {
+    for (int64_t i = 0; i < n; ++i) body(i, int64_t(0));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Lane kernels, compiled once per vector ISA (FASTCNN_TARGET_CLONES).
+// ---------------------------------------------------------------------------------------
+
+template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void affine_act_lanes(Lanes<const scalar_t> y_run, Lanes<const scalar_t> r_run,
+                                            Lanes<scalar_t> out_run, const T* scale,
+                                            const T* shift, bool relu, int64_t n, int64_t runs) {
+  const bool unit = y_run.stride == 1 && out_run.stride == 1 && (!kResidual || r_run.stride == 1);
+  for (int64_t run = 0; run < runs; ++run) {
+    const auto y = y_run.next(run), r = r_run.next(run);
+    const auto out = out_run.next(run);
+    for_lanes(unit, n, [&](int64_t i, int64_t one) {
+      const int64_t sy = one ? 1 : y.stride, sr = one ? 1 : r.stride;
+      const T v = pre_activation<kPerLane, kResidual>(y.data, r.data, i, sy, sr, scale, shift);
+      out.data[i * (one ? 1 : out.stride)] = static_cast<scalar_t>(relu_if(relu, v));
+    });
+  }
+}
+
+// The sum of the lanes, and (below) the sum of their squared deviations from a mean.
+template <typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void sum_lanes(Lanes<const scalar_t> y, int64_t n, T& sum) {
+  T s = 0;
+  if (y.stride == 1) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) s += static_cast<T>(y.data[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) s += static_cast<T>(y.data[i * y.stride]);
+  }
+  sum = s;
+}
+
+// The sums of the lanes' deviations from `shift` and of their squares.
+template <typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void deviation_sums_lanes(Lanes<const scalar_t> y, int64_t n, T shift,
+                                                T& sum_d, T& sum_d2) {
+  T s = 0, s2 = 0;
+  if (y.stride == 1) {
+#pragma omp simd reduction(+ : s, s2)
+    for (int64_t i = 0; i < n; ++i) {
+      const T d = static_cast<T>(y.data[i]) - shift;
+      s += d;
+      s2 += d * d;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const T d = static_cast<T>(y.data[i * y.stride]) - shift;
+      s += d;
+      s2 += d * d;
+    }
+  }
+  sum_d = s;
+  sum_d2 = s2;
+}
+
+// Per-lane sums over one position of a channels_last block: sum[i] += y[i] (kDeviations
+// false), or sum[i] += d and sum2[i] += d^2 with d = y[i] - shift[i].
+template <bool kDeviations, typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void accumulate_lanes(Lanes<const scalar_t> y, const T* shift,
+                                            T* __restrict sum, T* __restrict sum2, int64_t n) {
+  for_lanes(y.stride == 1, n, [&](int64_t i, int64_t one) {
+    const T v = static_cast<T>(y.data[i * (one ? 1 : y.stride)]);
+    if constexpr (kDeviations) {
+      const T d = v - shift[i];
+      sum[i] += d;
+      sum2[i] += d * d;
+    } else {
+      sum[i] += v;
+    }
+  });
+}
+
+// The masked gradient dz of the lanes, and its sums: sum_dz += dz, sum_dz_dy += dz (y - mean).
+template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void backward_reduce_lanes(Lanes<const scalar_t> g, Lanes<const scalar_t> y,
+                                                 Lanes<const scalar_t> r, const T* scale,
+                                                 const T* shift, const T* mean, bool relu,
+                                                 T* __restrict sum_dz, T* __restrict sum_dz_dy,
+                                                 int64_t n) {
+  const bool unit = g.stride == 1 && y.stride == 1 && (!kResidual || r.stride == 1);
+  if constexpr (kPerLane) {
+    for_lanes(unit, n, [&](int64_t i, int64_t one) {
+      const int64_t sg = one ? 1 : g.stride, sy = one ? 1 : y.stride, sr = one ? 1 : r.stride;
+      const T v = pre_activation<true, kResidual>(y.data, r.data, i, sy, sr, scale, shift);
+      const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(g.data[i * sg]);
+      sum_dz[i] += dz;
+      sum_dz_dy[i] += dz * (static_cast<T>(y.data[i * sy]) - mean[i]);
+    });
+  } else {
+    T a = 0, b = 0;
+    const T m = mean[0];
+    // (dz, dz (y - mean)) of lane i
+    const auto terms = [&](int64_t i, int64_t sg, int64_t sy, int64_t sr) {
+      const T v = pre_activation<false, kResidual>(y.data, r.data, i, sy, sr, scale, shift);
+      const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(g.data[i * sg]);
+      return std::pair<T, T>{dz, dz * (static_cast<T>(y.data[i * sy]) - m)};
+    };
+    if (unit) {
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t i = 0; i < n; ++i) {
+        const auto [da, db] = terms(i, 1, 1, 1);
+        a += da;
+        b += db;
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        const auto [da, db] = terms(i, g.stride, y.stride, r.stride);
+        a += da;
+        b += db;
+      }
+    }
+    sum_dz[0] += a;
+    sum_dz_dy[0] += b;
+  }
+}
+
+// Per-channel constants of the backward apply pass.
+template <typename T>
+struct BackwardCoefficients {
+  const T* scale;
+  const T* shift;
+  const T* mean;
+  const T* mean_dz;  // sum_dz / M
+  const T* k;        // scale * invstd * sum_dz_xhat / M
+};
+
+template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void backward_lanes(Lanes<const scalar_t> g_run, Lanes<const scalar_t> y_run,
+                                          Lanes<const scalar_t> r_run, Lanes<scalar_t> dy_run,
+                                          Lanes<scalar_t> dr_run, BackwardCoefficients<T> p,
+                                          bool relu, int64_t n, int64_t runs) {
+  const bool write_dr = dr_run.data != nullptr;
+  const bool unit = g_run.stride == 1 && y_run.stride == 1 && dy_run.stride == 1 &&
+                    (!kResidual || r_run.stride == 1) && (!write_dr || dr_run.stride == 1);
+  for (int64_t run = 0; run < runs; ++run) {
+    const auto g = g_run.next(run), y = y_run.next(run), r = r_run.next(run);
+    const auto dy = dy_run.next(run), dr = dr_run.next(run);
+    for_lanes(unit, n, [&](int64_t i, int64_t one) {
+      const int64_t sg = one ? 1 : g.stride, sy = one ? 1 : y.stride, sr = one ? 1 : r.stride;
+      const T yv = static_cast<T>(y.data[i * sy]);
+      const T v = pre_activation<kPerLane, kResidual>(y.data, r.data, i, sy, sr, p.scale, p.shift);
+      const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(g.data[i * sg]);
+      dy.data[i * (one ? 1 : dy.stride)] = static_cast<scalar_t>(
+          channel_value<kPerLane>(p.scale, i) * (dz - channel_value<kPerLane>(p.mean_dz, i)) -
+          channel_value<kPerLane>(p.k, i) * (yv - channel_value<kPerLane>(p.mean, i)));
+      if (write_dr) dr.data[i * (one ? 1 : dr.stride)] = static_cast<scalar_t>(dz);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tilings.
+// ---------------------------------------------------------------------------------------
+
+// Whether the lanes run along channels (channels_last and alike) rather than positions.
+bool use_pixel_tiles(const at::Tensor& y) {
+  constexpr int64_t kShortAxis = 16;
+  const int64_t channels = y.size(1), positions = y.size(2);
+  if (y.stride(1) == 1 && channels > 1 && (channels >= kShortAxis || channels >= positions)) {
+    return true;
+  }
+  if (y.stride(2) == 1 && positions > 1 && (positions >= kShortAxis || positions >= channels)) {
+    return false;
+  }
+  return channels > positions;
+}
+
+// A run of lanes: positions [s, s + length) of channel c of image n (rows tiling), or
+// channels [0, C) of position s of image n (pixels tiling); `count` runs of the latter, at
+// positions s, s + 1, ..., make a block.
+struct Run {
+  int64_t n, c, s, length;
+  int64_t count = 1;
+};
+
+template <typename scalar_t>
+Lanes<scalar_t> lanes_of(const ChannelView<scalar_t>& v, const Run& run, bool pixels) {
+  return {v.at(run.n, run.c, run.s), pixels ? v.stride_c : v.stride_s, v.stride_s};
+}
+
+// Calls visit(run) for runs (blocks of runs, in the pixels tiling) covering the extent, in
+// parallel.
+template <typename F>
+void for_each_run(const Extent& e, bool pixels, F visit) {
+  if (pixels) {
+    // blocks of positions of one image, ~4K values each
+    const int64_t block = std::max<int64_t>(1, 4096 / std::max<int64_t>(e.c, 1));
+    const int64_t blocks = (e.s + block - 1) / block;
+    at::parallel_for(0, e.n * blocks, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t s = b % blocks * block;
+        visit(Run{b / blocks, 0, s, e.c, std::min(block, e.s - s)});
+      }
+    });
+    return;
+  }
+  const int64_t pieces = (e.s + kRunLength - 1) / kRunLength;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::min(e.s, kRunLength));
+  at::parallel_for(0, e.n * e.c * pieces, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / pieces, s = t % pieces * kRunLength;
+      visit(Run{row / e.c, row % e.c, s, std::min(kRunLength, e.s - s)});
+    }
+  });
+}
+
+// Splits `items` work items into at most a few tasks per thread and calls
+// task(index, begin, end) for each, in parallel; reductions keep one partial result per
+// task and merge them in task order afterwards.
+template <typename F>
+int64_t for_each_task(int64_t items, F task) {
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(items, 4 * at::get_num_threads()));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) task(t, items * t / tasks, items * (t + 1) / tasks);
+  });
+  return tasks;
+}
+
+// Count, mean and sum of squared deviations of a set of values, merged pairwise
+// (Chan, Golub and LeVeque, 1979) so that no large sums of squares cancel.
+struct Moments {
+  double count = 0, mean = 0, m2 = 0;
+
+  void merge(double count_b, double mean_b, double m2_b) {
+    if (count_b == 0) return;
+    const double total = count + count_b;
+    const double delta = mean_b - mean;
+    mean += delta * (count_b / total);
+    m2 += m2_b + delta * delta * (count * count_b / total);
+    count = total;
+  }
+
+  // Merges values given as the sums of their deviations d from `shift` and of d^2: with a
+  // shift near their mean (a first, rounded estimate of it) the corrected two-pass
+  // formula m2 = sum d^2 - (sum d)^2 / n loses nothing to cancellation.
+  template <typename T>
+  void merge_deviations(double count_b, double shift, T sum_d, T sum_d2) {
+    const double s = static_cast<double>(sum_d);
+    merge(count_b, shift + s / count_b, static_cast<double>(sum_d2) - s * s / count_b);
+  }
+};
+
+template <typename scalar_t>
+void batch_norm_stats_rows(const ChannelView<const scalar_t>& y, const Extent& e,
+                           std::vector<Moments>& out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t pieces = (e.s + kRunLength - 1) / kRunLength;
+  std::vector<std::vector<Moments>> partial(4 * at::get_num_threads());
+  // work items are (c, n, piece) in that order, so a task's runs share few channels
+  const int64_t tasks = for_each_task(e.c * e.n * pieces, [&](int64_t t, int64_t b, int64_t en) {
+    std::vector<Moments> acc(e.c);
+    for (int64_t item = b; item < en; ++item) {
+      const int64_t c = item / (e.n * pieces), n = item / pieces % e.n;
+      const int64_t s = item % pieces * kRunLength, w = std::min(kRunLength, e.s - s);
+      const Lanes<const scalar_t> lanes{y.at(n, c, s), y.stride_s};
+      T sum, sum_d, sum_d2;
+      sum_lanes(lanes, w, sum);
+      const T rough_mean = sum / static_cast<T>(w);
+      deviation_sums_lanes(lanes, w, rough_mean, sum_d, sum_d2);
+      acc[c].merge_deviations(static_cast<double>(w), static_cast<double>(rough_mean), sum_d,
+                              sum_d2);
+    }
+    partial[t] = std::move(acc);
+  });
+  for (int64_t t = 0; t < tasks; ++t) {
+    for (int64_t c = 0; c < e.c; ++c) {
+      const Moments& m = partial[t][c];
+      out[c].merge(m.count, m.mean, m.m2);
+    }
+  }
+}
+
+template <typename scalar_t>
+void batch_norm_stats_pixels(const ChannelView<const scalar_t>& y, const Extent& e,
+                             std::vector<Moments>& out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t positions = e.n * e.s;
+  const int64_t block = std::max<int64_t>(1, kBlockValues / e.c);
+  const int64_t blocks = (positions + block - 1) / block;
+  std::vector<std::vector<Moments>> partial(4 * at::get_num_threads());
+  const int64_t tasks = for_each_task(blocks, [&](int64_t t, int64_t b, int64_t en) {
+    std::vector<Moments> acc(e.c);
+    std::vector<T> sum(e.c), rough_mean(e.c), sum_d(e.c), sum_d2(e.c);
+    for (int64_t index = b; index < en; ++index) {
+      const int64_t first = index * block, last = std::min(positions, first + block);
+      std::fill(sum.begin(), sum.end(), T(0));
+      std::fill(sum_d.begin(), sum_d.end(), T(0));
+      std::fill(sum_d2.begin(), sum_d2.end(), T(0));
+      for (int64_t p = first; p < last; ++p) {
+        accumulate_lanes<false>(Lanes<const scalar_t>{y.at(p / e.s, 0, p % e.s), y.stride_c},
+                                static_cast<const T*>(nullptr), sum.data(),
+                                static_cast<T*>(nullptr), e.c);
+      }
+      const T count = static_cast<T>(last - first);
+      for (int64_t c = 0; c < e.c; ++c) rough_mean[c] = sum[c] / count;
+      for (int64_t p = first; p < last; ++p) {
+        accumulate_lanes<true>(Lanes<const scalar_t>{y.at(p / e.s, 0, p % e.s), y.stride_c},
+                               static_cast<const T*>(rough_mean.data()), sum_d.data(),
+                               sum_d2.data(), e.c);
+      }
+      for (int64_t c = 0; c < e.c; ++c) {
+        acc[c].merge_deviations(static_cast<double>(count), static_cast<double>(rough_mean[c]),
+                                sum_d[c], sum_d2[c]);
+      }
+    }
+    partial[t] = std::move(acc);
+  });
+  for (int64_t t = 0; t < tasks; ++t) {
+    for (int64_t c = 0; c < e.c; ++c) {
+      const Moments& m = partial[t][c];
+      out[c].merge(m.count, m.mean, m.m2);
+    }
+  }
+}
+
+// Sums over runs in parallel, one partial per task, added in task order in float64.
+template <bool kResidual, typename scalar_t>
+void backward_reduce(const ChannelView<const scalar_t>& g, const ChannelView<const scalar_t>& y,
+                     const ChannelView<const scalar_t>& r, const Extent& e, bool pixels,
+                     const at::opmath_type<scalar_t>* scale, const at::opmath_type<scalar_t>* shift,
+                     const at::opmath_type<scalar_t>* mean, bool relu, std::vector<double>& sum_dz,
+                     std::vector<double>& sum_dz_dy) {
+  using T = at::opmath_type<scalar_t>;
+  // rows tiling: items are (c, n, piece); pixels tiling: items are positions
+  const int64_t pieces = (e.s + kRunLength - 1) / kRunLength;
+  const int64_t items = pixels ? e.n * e.s : e.c * e.n * pieces;
+  std::vector<std::vector<double>> partial(4 * at::get_num_threads());
+  const int64_t tasks = for_each_task(items, [&](int64_t t, int64_t b, int64_t en) {
+    std::vector<double> acc(2 * e.c, 0.0);
+    std::vector<T> a(e.c, T(0)), bsum(e.c, T(0));
+    // float sums are flushed to float64 every so many values per channel
+    const int64_t flush_every = pixels ? std::max<int64_t>(1, kBlockValues / e.c) : 1;
+    int64_t pending = 0;
+    const auto flush = [&] {
+      for (int64_t c = 0; c < e.c; ++c) {
+        acc[c] += a[c];
+        acc[e.c + c] += bsum[c];
+        a[c] = bsum[c] = T(0);
+      }
+      pending = 0;
+    };
+    for (int64_t item = b; item < en; ++item) {
+      Run run{};
+      if (pixels) {
+        run = Run{item / e.s, 0, item % e.s, e.c};
+      } else {
+        const int64_t s = item % pieces * kRunLength;
+        run = Run{item / pieces % e.n, item / (e.n * pieces), s, std::min(kRunLength, e.s - s)};
+      }
+      const int64_t c = run.c;
+      if (pixels) {
+        backward_reduce_lanes<true, kResidual>(lanes_of(g, run, true), lanes_of(y, run, true),
+                                               lanes_of(r, run, true), scale, shift, mean, relu,
+                                               a.data(), bsum.data(), run.length);
+        if (++pending == flush_every) flush();
+      } else {
+        T da = 0, db = 0;
+        backward_reduce_lanes<false, kResidual>(lanes_of(g, run, false), lanes_of(y, run, false),
+                                                lanes_of(r, run, false), scale + c, shift + c,
+                                                mean + c, relu, &da, &db, run.length);
+        acc[c] += da;
+        acc[e.c + c] += db;
+      }
+    }
+    if (pixels) flush();
+    partial[t] = std::move(acc);
+  });
+  for (int64_t t = 0; t < tasks; ++t) {
+    for (int64_t c = 0; c < e.c; ++c) {
+      sum_dz[c] += partial[t][c];
+      sum_dz_dy[c] += partial[t][e.c + c];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks.
+// ---------------------------------------------------------------------------------------
+
+void check_same_as(const at::Tensor& t, const at::Tensor& y, const char* name) {
+  check_cpu_float_3d(t, name);
+  check_same_shape_and_dtype(t, y, name, "input");
+}
+
+void check_output(const at::Tensor& out, const at::Tensor& y, const char* name) {
+  check_same_as(out, y, name);
+  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, name,
+              " must not have overlapping elements (it is written to)");
+}
+
+// An output that is written while `in` is read must not overlap it, except (where
+// `same_allowed`) by being exactly the same elements: each lane reads its own value
+// before writing it.
+void check_disjoint(const at::Tensor& out, const char* out_name, const at::Tensor& in,
+                    const char* in_name, bool same_allowed = false) {
+  const auto status = at::get_overlap_status(out, in);
+  const bool same = status == at::MemOverlapStatus::Full && out.strides() == in.strides();
+  TORCH_CHECK(status != at::MemOverlapStatus::Partial &&
+                  (status != at::MemOverlapStatus::Full || (same_allowed && same)),
+              out_name, " must not share memory with ", in_name,
+              same_allowed ? " (except by being the very same tensor)" : "");
+}
+
+// A per-channel vector: (C,), contiguous, in the accumulation type of y's dtype.
+void check_channel_vector(const at::Tensor& v, const at::Tensor& y, const char* name) {
+  const auto expected = at::toOpMathType(y.scalar_type());
+  TORCH_CHECK(v.device().is_cpu(), name, " must be a CPU tensor, got one on ", v.device());
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == y.size(1) && v.is_contiguous(), name,
+              " must be a contiguous vector of ", y.size(1), " channels, got shape ", v.sizes());
+  TORCH_CHECK(v.scalar_type() == expected, name, " must be ", expected, " for ",
+              y.scalar_type(), " input, got ", v.scalar_type());
+}
+
+template <typename T>
+const T* data_of(const at::Tensor& v) {
+  return static_cast<const T*>(v.data_ptr());
+}
+
+template <typename scalar_t>
+ChannelView<scalar_t> view_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? ChannelView<scalar_t>(*t) : ChannelView<scalar_t>();
+}
+
+}  // namespace
+
+void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>& scale,
+                        const at::Tensor& shift, const std::optional<at::Tensor>& residual,
+                        const at::Tensor& output, bool relu) {
+  check_cpu_float_3d(input, "input");
+  check_output(output, input, "output");
+  check_disjoint(output, "output", input, "input", /*same_allowed=*/true);
+  if (scale.has_value()) check_channel_vector(*scale, input, "scale");
+  check_channel_vector(shift, input, "shift");
+  if (residual.has_value()) {
+    check_same_as(*residual, input, "residual");
+    check_disjoint(output, "output", *residual, "residual", /*same_allowed=*/true);
+  }
+  const Extent e{input.size(0), input.size(1), input.size(2)};
+  if (input.numel() == 0) return;
+  const bool pixels = use_pixel_tiles(input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_channel_affine_act", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const std::vector<T> ones(scale.has_value() ? 0 : e.c, T(1));
+        const T* a = scale.has_value() ? data_of<T>(*scale) : ones.data();
+        const T* b = data_of<T>(shift);
+        const ChannelView<const scalar_t> y(input), r = view_or_null<const scalar_t>(residual);
+        const ChannelView<scalar_t> out(output);
+        for_each_run(e, pixels, [&](const Run& run) {
+          const auto call = [&](auto per_lane, auto has_residual) {
+            affine_act_lanes<decltype(per_lane)::value, decltype(has_residual)::value>(
+                lanes_of(y, run, pixels), lanes_of(r, run, pixels), lanes_of(out, run, pixels),
+                a + run.c, b + run.c, relu, run.length, run.count);
+          };
+          using yes = std::true_type;
+          using no = std::false_type;
+          if (pixels) {
+            residual.has_value() ? call(yes{}, yes{}) : call(yes{}, no{});
+          } else {
+            residual.has_value() ? call(no{}, yes{}) : call(no{}, no{});
+          }
+        });
+      });
+}
+
+void batch_norm_stats(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var) {
+  check_cpu_float_3d(input, "input");
+  check_channel_vector(mean, input, "mean");
+  check_channel_vector(var, input, "var");
+  const Extent e{input.size(0), input.size(1), input.size(2)};
+  TORCH_CHECK(e.count() > 0, "batch statistics need at least one value per channel, got input "
+              "of shape ", input.sizes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_batch_norm_stats", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const ChannelView<const scalar_t> y(input);
+        std::vector<Moments> moments(e.c);
+        if (use_pixel_tiles(input)) {
+          batch_norm_stats_pixels(y, e, moments);
+        } else {
+          batch_norm_stats_rows(y, e, moments);
+        }
+        T* mean_out = static_cast<T*>(mean.data_ptr());
+        T* var_out = static_cast<T*>(var.data_ptr());
+        for (int64_t c = 0; c < e.c; ++c) {
+          mean_out[c] = static_cast<T>(moments[c].mean);
+          var_out[c] = static_cast<T>(moments[c].m2 / moments[c].count);
+        }
+      });
+}
+
+void batch_norm_act_backward_reduce(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const std::optional<at::Tensor>& residual,
+                                    const at::Tensor& scale, const at::Tensor& shift,
+                                    const at::Tensor& mean, const at::Tensor& invstd,
+                                    const at::Tensor& sum_dz, const at::Tensor& sum_dz_xhat,
+                                    bool relu) {
+  check_cpu_float_3d(input, "input");
+  check_same_as(grad_output, input, "grad_output");
+  if (residual.has_value()) check_same_as(*residual, input, "residual");
+  check_channel_vector(scale, input, "scale");
+  check_channel_vector(shift, input, "shift");
+  check_channel_vector(mean, input, "mean");
+  check_channel_vector(invstd, input, "invstd");
+  check_channel_vector(sum_dz, input, "sum_dz");
+  check_channel_vector(sum_dz_xhat, input, "sum_dz_xhat");
+  const Extent e{input.size(0), input.size(1), input.size(2)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_batch_norm_act_backward_reduce",
+      [&] {
+        using T = at::opmath_type<scalar_t>;
+        const ChannelView<const scalar_t> g(grad_output), y(input);
+        const ChannelView<const scalar_t> r = view_or_null<const scalar_t>(residual);
+        const bool pixels = use_pixel_tiles(input);
+        std::vector<double> a(e.c, 0.0), b(e.c, 0.0);
+        if (e.count() > 0) {
+          const auto run = [&](auto has_residual) {
+            backward_reduce<decltype(has_residual)::value>(
+                g, y, r, e, pixels, data_of<T>(scale), data_of<T>(shift), data_of<T>(mean),
+                relu, a, b);
+          };
+          residual.has_value() ? run(std::true_type{}) : run(std::false_type{});
+        }
+        T* dz_out = static_cast<T*>(sum_dz.data_ptr());
+        T* dz_xhat_out = static_cast<T*>(sum_dz_xhat.data_ptr());
+        const T* inv = data_of<T>(invstd);
+        for (int64_t c = 0; c < e.c; ++c) {
+          dz_out[c] = static_cast<T>(a[c]);
+          dz_xhat_out[c] = static_cast<T>(b[c] * static_cast<double>(inv[c]));
+        }
+      });
+}
+
+void batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                             const std::optional<at::Tensor>& residual, const at::Tensor& scale,
+                             const at::Tensor& shift, const at::Tensor& mean,
+                             const at::Tensor& invstd, const at::Tensor& sum_dz,
+                             const at::Tensor& sum_dz_xhat, const at::Tensor& grad_input,
+                             const std::optional<at::Tensor>& grad_residual, bool relu) {
+  check_cpu_float_3d(input, "input");
+  check_same_as(grad_output, input, "grad_output");
+  if (residual.has_value()) check_same_as(*residual, input, "residual");
+  check_channel_vector(scale, input, "scale");
+  check_channel_vector(shift, input, "shift");
+  check_channel_vector(mean, input, "mean");
+  check_channel_vector(invstd, input, "invstd");
+  check_channel_vector(sum_dz, input, "sum_dz");
+  check_channel_vector(sum_dz_xhat, input, "sum_dz_xhat");
+  check_output(grad_input, input, "grad_input");
+  check_disjoint(grad_input, "grad_input", grad_output, "grad_output");
+  check_disjoint(grad_input, "grad_input", input, "input");
+  if (residual.has_value()) check_disjoint(grad_input, "grad_input", *residual, "residual");
+  if (grad_residual.has_value()) {
+    check_output(*grad_residual, input, "grad_residual");
+    check_disjoint(*grad_residual, "grad_residual", grad_input, "grad_input");
+    check_disjoint(*grad_residual, "grad_residual", grad_output, "grad_output");
+    check_disjoint(*grad_residual, "grad_residual", input, "input");
+    if (residual.has_value()) check_disjoint(*grad_residual, "grad_residual", *residual, "residual");
+  }
+  const Extent e{input.size(0), input.size(1), input.size(2)};
+  if (input.numel() == 0) return;
+  const bool pixels = use_pixel_tiles(input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_batch_norm_act_backward", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const T* a = data_of<T>(scale);
+        const T* inv = data_of<T>(invstd);
+        const T* s_dz = data_of<T>(sum_dz);
+        const T* s_dz_xhat = data_of<T>(sum_dz_xhat);
+        const T count = static_cast<T>(e.count());
+        std::vector<T> mean_dz(e.c), k(e.c);
+        for (int64_t c = 0; c < e.c; ++c) {
+          mean_dz[c] = s_dz[c] / count;
+          k[c] = a[c] * inv[c] * s_dz_xhat[c] / count;
+        }
+        const ChannelView<const scalar_t> g(grad_output), y(input);
+        const ChannelView<const scalar_t> r = view_or_null<const scalar_t>(residual);
+        const ChannelView<scalar_t> dy(grad_input);
+        const ChannelView<scalar_t> dr = view_or_null<scalar_t>(grad_residual);
+        for_each_run(e, pixels, [&](const Run& run) {
+          const BackwardCoefficients<T> p{a + run.c, data_of<T>(shift) + run.c,
+                                          data_of<T>(mean) + run.c, mean_dz.data() + run.c,
+                                          k.data() + run.c};
+          const Lanes<scalar_t> dr_lanes =
+              dr.data ? lanes_of(dr, run, pixels) : Lanes<scalar_t>{nullptr, 0, 0};
+          const auto call = [&](auto per_lane, auto has_residual) {
+            backward_lanes<decltype(per_lane)::value, decltype(has_residual)::value>(
+                lanes_of(g, run, pixels), lanes_of(y, run, pixels), lanes_of(r, run, pixels),
+                lanes_of(dy, run, pixels), dr_lanes, p, relu, run.length, run.count);
+          };
+          using yes = std::true_type;
+          using no = std::false_type;
+          if (pixels) {
+            residual.has_value() ? call(yes{}, yes{}) : call(yes{}, no{});
+          } else {
+            residual.has_value() ? call(no{}, yes{}) : call(no{}, no{});
+          }
+        });
+      });
+}
+
+}  // namespace fastcnn::cpu

@@ -1,0 +1,334 @@
+"""conv_bn_relu: Conv2d -> BatchNorm2d (+ residual) -> ReLU with the numbers of the three
+PyTorch modules, in fewer passes over memory.
+
+Inference (the BatchNorm in eval mode): BatchNorm is folded into the convolution, whose
+weight becomes W * gamma / sqrt(running_var + eps) and whose bias
+beta + (b - running_mean) * gamma / sqrt(running_var + eps). The folded weights are cached
+per (conv, bn) pair and refolded when any parameter or buffer changes. The convolution runs
+without bias and one pass over its output adds the bias (and the residual) and applies the
+ReLU in place.
+
+Training (the BatchNorm in training mode, or without running statistics): the convolution,
+one pass for the batch statistics, one pass for normalisation + affine (+ residual)
+(+ ReLU); backward one pass for the per-channel sums, one for the gradient of the
+convolution's output (and of the residual), then the convolution's backward (ATen).
+"""
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from fastcnn import backends, ops
+from fastcnn.functional._checks import check_feature_map
+from fastcnn.kernels import reference
+from fastcnn.ops.conv_bn_relu import stat_dtype
+
+
+def _is_pointwise_gemm(x, weight, conv_args):
+    """Whether conv(x) runs as a batched matrix product: a 1x1 convolution with stride 1,
+    no padding and one group, on a contiguous (NCHW) float32/float64 CPU tensor. There it
+    is one GEMM per image over x's own memory, W (C_out, C_in) @ x[n] (C_in, H*W), which
+    MKL runs several times faster than oneDNN's NCHW convolution (3.6x for
+    (16, 256, 56, 56) 256->64 on a 2-core Xeon, which reorders NCHW to and from its blocked
+    layout); channels_last and CUDA tensors keep ATen's convolution, fast there."""
+    stride, padding, _, groups = conv_args
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and weight.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
+            and groups == 1 and x.is_contiguous())
+
+
+def _convolution(x, weight, conv_args):
+    """conv2d(x, weight) without bias: ATen's convolution, or a GEMM for pointwise ones."""
+    if _is_pointwise_gemm(x, weight, conv_args):
+        # bmm, not matmul: matmul computes this product transposed and returns it in that
+        # (channels_last-like) layout
+        n, c_in, h, w = x.shape
+        c_out = weight.shape[0]
+        y = torch.bmm(weight.view(c_out, c_in).expand(n, c_out, c_in), x.view(n, c_in, h * w))
+        return y.view(n, c_out, h, w)
+    stride, padding, dilation, groups = conv_args
+    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+
+
+def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
+    """(dL/dx, dL/dweight) of _convolution, each None where not needed."""
+    if _is_pointwise_gemm(x, weight, conv_args):
+        n, c_in, h, w = x.shape
+        c_out = weight.shape[0]
+        g3 = grad_y.reshape(n, c_out, h * w)
+        x3 = x.view(n, c_in, h * w)
+        grad_x = grad_weight = None
+        if need_x:  # W^T @ g[n]
+            grad_x = torch.bmm(weight.view(c_out, c_in).t().expand(n, c_in, c_out), g3)
+            grad_x = grad_x.view_as(x)
+        if need_weight:  # sum over n of g[n] @ x[n]^T
+            grad_weight = torch.bmm(g3, x3.transpose(1, 2)).sum(0).view_as(weight)
+        return grad_x, grad_weight
+    stride, padding, dilation, groups = conv_args
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_y, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+        [need_x, need_weight, False])
+    return grad_x, grad_weight
+
+
+def _scale_and_shift(mean, invstd, bn_weight, bn_bias):
+    """The per-channel affine map of training-mode BatchNorm: gamma * (y - mean) * invstd +
+    beta = y * scale + shift."""
+    dtype = invstd.dtype
+    scale = invstd if bn_weight is None else invstd * bn_weight.to(dtype)
+    shift = -mean * scale if bn_bias is None else bn_bias.to(dtype) - mean * scale
+    return scale, shift
+
+
+class ConvBatchNormTrainingFunction(torch.autograd.Function):
+    """Conv2d -> BatchNorm2d on the batch's statistics (+ residual) (-> ReLU).
+
+    Outputs the activation and the batch's per-channel mean and biased variance (for the
+    running statistics, which the caller updates)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, conv_bias, bn_weight, bn_bias, residual, conv_args, eps, relu,
+                backend):
+        y = _convolution(x, weight, conv_args)
+        # A conv bias shifts y and its batch mean alike, so it cancels in the normalised
+        # value: the convolution runs without it (the caller adds it to the running mean).
+        mean, var = ops.batch_norm_stats(y, backend)
+        invstd = torch.rsqrt(var + eps)
+        scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
+        z = ops.channel_affine_act(y, scale, shift, residual, relu, backend)
+        # Saved: x and the weight (the convolution's backward needs them, as in eager), the
+        # convolution output y, and per-channel vectors. Not saved: the normalised value and
+        # the ReLU's output, which eager keeps; backward recomputes xhat and the ReLU mask
+        # from y (and the residual, which the mask depends on: in a ResNet block it is the
+        # block's input, saved by the block's first convolution anyway). scale and shift
+        # are recomputed, bit for bit, from the vectors eager keeps too.
+        ctx.save_for_backward(x, weight, y, residual if relu else None, mean, invstd,
+                              bn_weight, bn_bias, conv_bias)
+        ctx.conv_args, ctx.eps, ctx.relu, ctx.backend = conv_args, eps, relu, backend
+        ctx.mark_non_differentiable(mean, var)
+        return z, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_z, _grad_mean, _grad_var):
+        x, weight, y, residual, mean, invstd, bn_weight, bn_bias, conv_bias = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grads = [None] * 10
+        if need[2]:
+            # The conv bias cancels in the normalised value: its gradient is exactly zero.
+            grads[2] = torch.zeros_like(conv_bias)
+        if need[5] and not ctx.relu:
+            grads[5] = grad_z  # the residual is added last
+        if torch.is_grad_enabled():
+            # create_graph=True: second derivatives need a backward that autograd can see
+            # through, so the forward is rebuilt from PyTorch ops and differentiated.
+            inputs = {0: x, 1: weight, 3: bn_weight, 4: bn_bias, 5: residual}
+            wanted = [i for i, t in inputs.items() if t is not None and need[i]]
+            with torch.enable_grad():
+                z = reference.conv_bn_relu_training(x, weight, bn_weight, bn_bias, residual,
+                                                    ctx.conv_args, ctx.eps, ctx.relu)
+                found = torch.autograd.grad(z, [inputs[i] for i in wanted], grad_z,
+                                            create_graph=True, allow_unused=True)
+            for i, g in zip(wanted, found):
+                grads[i] = g
+            return tuple(grads)
+        scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
+        sum_dz, sum_dz_xhat = ops.batch_norm_act_backward_reduce(
+            grad_z, y, residual, scale, shift, mean, invstd, ctx.relu, ctx.backend)
+        grad_residual_from_kernel = ctx.relu and need[5]
+        grad_y, *grad_residual = ops.batch_norm_act_backward(
+            grad_z, y, residual, scale, shift, mean, invstd, sum_dz, sum_dz_xhat, ctx.relu,
+            grad_residual_from_kernel, ctx.backend)
+        if grad_residual_from_kernel:
+            grads[5] = grad_residual[0]
+        grads[0], grads[1] = _convolution_backward(grad_y, x, weight, ctx.conv_args, need[0],
+                                                   need[1])
+        if need[3]:
+            grads[3] = sum_dz_xhat.to(bn_weight.dtype)  # d/dgamma = sum dz * xhat
+        if need[4]:
+            grads[4] = sum_dz.to(bn_bias.dtype)  # d/dbeta = sum dz
+        return tuple(grads)
+
+
+class BiasActFunction(torch.autograd.Function):
+    """act(y + bias_c (+ residual)) for the folded inference path when gradients are
+    wanted (a BatchNorm frozen in eval mode while the rest trains)."""
+
+    @staticmethod
+    def forward(ctx, y, bias, residual, relu, backend):
+        z = ops.channel_affine_act(y, None, bias, residual, relu, backend)
+        # The output alone gives the ReLU mask (z > 0).
+        ctx.save_for_backward(z if relu else None)
+        ctx.relu = relu
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        (z,) = ctx.saved_tensors
+        dz = torch.ops.aten.threshold_backward(grad_z, z, 0) if ctx.relu else grad_z
+        need = ctx.needs_input_grad
+        grad_bias = dz.sum(dim=(0, 2, 3), dtype=stat_dtype(dz.dtype)) if need[1] else None
+        return dz, grad_bias, dz if need[2] else None, None, None
+
+
+# Folded (weight, bias) per (conv, bn), with the key of the tensors they were folded from.
+_folded_cache = weakref.WeakKeyDictionary()
+
+
+def _fold(conv, bn):
+    """The convolution weight and (float32/float64) bias with the BatchNorm (eval mode)
+    folded in."""
+    weight = conv.weight
+    dtype = stat_dtype(weight.dtype)
+    scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(dtype)
+    bias = -bn.running_mean.to(dtype)
+    if conv.bias is not None:
+        bias = bias + conv.bias.to(dtype)
+    bias = bias * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias.to(dtype)
+    weight = (weight.to(dtype) * scale.view(-1, 1, 1, 1)).to(weight.dtype)
+    return weight, bias
+
+
+def _fold_key(conv, bn):
+    """What the folded weights depend on: each tensor's identity, storage and version
+    counter (bumped by every in-place change: optimizer steps, load_state_dict, ...), and
+    eps; None when a tensor cannot be tracked (an inference tensor)."""
+    key = [bn.eps]
+    for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var):
+        if t is None:
+            key.append(None)
+            continue
+        if t.is_inference():
+            return None
+        key.append((id(t), t.data_ptr(), t._version, t.dtype, t.device))
+    return tuple(key)
+
+
+def _folded(conv, bn):
+    if torch.compiler.is_compiling():
+        return _fold(conv, bn)  # traced into the graph (torch.compile may constant-fold it)
+    key = _fold_key(conv, bn)
+    cached = _folded_cache.get(conv)
+    if key is not None and cached is not None and cached[0] == key and cached[1] is bn:
+        return cached[2], cached[3]
+    with torch.no_grad():
+        weight, bias = _fold(conv, bn)
+    if key is not None:
+        _folded_cache[conv] = (key, bn, weight, bias)
+    return weight, bias
+
+
+def _conv_args(conv):
+    padding = conv.padding
+    if padding == "valid":
+        padding = (0, 0)
+    return tuple(conv.stride), tuple(padding), tuple(conv.dilation), conv.groups
+
+
+def _check_arguments(x, conv, bn, relu, residual):
+    if not isinstance(conv, torch.nn.Conv2d):
+        raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
+    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"bn must be a torch.nn.BatchNorm2d, got {type(bn).__name__}")
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"conv.padding_mode must be 'zeros', got {conv.padding_mode!r}")
+    if conv.padding == "same":
+        raise ValueError("conv.padding='same' is not supported; give the padding as numbers")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"bn.num_features ({bn.num_features}) must equal conv.out_channels "
+                         f"({conv.out_channels})")
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__} {relu!r}")
+    check_feature_map("x", x, min_dim=4)
+    if x.dim() != 4:
+        raise ValueError(f"x must have 4 dimensions (N, C, H, W), got a {x.dim()}-d tensor "
+                         f"of shape {tuple(x.shape)}")
+    if x.shape[1] != conv.in_channels:
+        raise ValueError(f"x must have conv.in_channels = {conv.in_channels} channels, got "
+                         f"{x.shape[1]} (shape {tuple(x.shape)})")
+    if x.dtype != conv.weight.dtype:
+        raise TypeError(f"x must have the dtype of conv.weight ({conv.weight.dtype}), got "
+                        f"{x.dtype}")
+    if residual is not None:
+        check_feature_map("residual", residual, min_dim=4)
+        expected = _output_shape(x, conv)
+        if tuple(residual.shape) != expected:
+            raise ValueError(f"residual must have the shape of the convolution's output "
+                             f"{expected}, got {tuple(residual.shape)}")
+        if residual.dtype != x.dtype or residual.device != x.device:
+            raise TypeError(f"residual must have the dtype and device of x ({x.dtype}, "
+                            f"{x.device}), got {residual.dtype} on {residual.device}")
+
+
+def _output_shape(x, conv):
+    """(N, C_out, H_out, W_out) of conv(x)."""
+    stride, padding, dilation, _ = _conv_args(conv)
+    spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
+               zip(x.shape[2:], conv.kernel_size, stride, padding, dilation)]
+    return (x.shape[0], conv.out_channels, *spatial)
+
+
+def _update_running_stats(bn, mean, var, count):
+    """As nn.BatchNorm2d in training: the unbiased variance, and a momentum of
+    1 / num_batches_tracked (a cumulative average) when bn.momentum is None."""
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            # a tensor, not float(...): no host sync, and torch.compile traces it
+            factor = 1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
+        else:
+            factor = bn.momentum
+        unbiased = var * (count / max(count - 1, 1))
+        bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype) * factor)
+        bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype) * factor)
+
+
+def _wants_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def conv_bn_relu(x, conv, bn, relu=True, residual=None):
+    """relu(bn(conv(x)) + residual) for existing torch.nn.Conv2d and torch.nn.BatchNorm2d
+    modules, with their numbers: batch statistics (and running-statistics updates) when bn
+    is in training mode, the running statistics (folded into the convolution) in eval mode.
+
+    relu=False leaves out the ReLU; residual (the convolution output's shape) is added
+    before it. Any stride, padding, dilation and groups; a conv bias or not.
+    """
+    _check_arguments(x, conv, bn, relu, residual)
+    backend = backends.select("conv_bn_relu", x)
+    conv_args = _conv_args(conv)
+    use_batch_stats = bn.training or bn.running_mean is None or bn.running_var is None
+    if use_batch_stats:
+        n, _, h, w = _output_shape(x, conv)
+        count = n * h * w
+        if count <= 1 and bn.training:
+            raise ValueError(f"Expected more than 1 value per channel when training, got "
+                             f"convolution output of shape {_output_shape(x, conv)}")
+        z, mean, var = _training(x, conv, bn, relu, residual, conv_args, backend)
+        if bn.training and bn.track_running_stats:
+            if conv.bias is not None:
+                mean = mean + conv.bias.detach().to(mean.dtype)
+            _update_running_stats(bn, mean, var, count)
+        return z
+    if _wants_grad(x, conv.weight, conv.bias, bn.weight, bn.bias, residual):
+        weight, bias = _fold(conv, bn)
+        y = _convolution(x, weight, conv_args)
+        return BiasActFunction.apply(y, bias, residual, relu, backend)
+    weight, bias = _folded(conv, bn)
+    y = _convolution(x, weight, conv_args)
+    ops.channel_affine_act_(y, None, bias, residual, relu, backend)
+    return y
+
+
+def _training(x, conv, bn, relu, residual, conv_args, backend):
+    if residual is x:
+        # torch.compile cannot trace one tensor given twice to an autograd.Function
+        residual = residual.view_as(residual)
+    return ConvBatchNormTrainingFunction.apply(
+        x, conv.weight, conv.bias, bn.weight, bn.bias, residual, conv_args, bn.eps, relu,
+        backend)

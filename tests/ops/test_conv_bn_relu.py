@@ -1,0 +1,556 @@
+"""conv_bn_relu and ConvBNReLU against eager Conv2d -> BatchNorm2d (+ residual) -> ReLU, on
+every backend, in training and eval mode."""
+
+import copy
+import importlib
+
+import pytest
+import torch
+from helpers import assert_close_to_reference, randn, tolerance
+from torch import nn
+
+import fastcnn
+from fastcnn import backends
+from fastcnn.functional import conv_bn_relu
+from fastcnn.ops.layout import channel_view
+
+# the module (its name is taken by the function in fastcnn.functional)
+conv_bn_relu_impl = importlib.import_module("fastcnn.functional.conv_bn_relu")
+
+
+def make_modules(cin, cout, kernel_size, dtype=torch.float64, device="cpu", bias=False,
+                 affine=True, momentum=0.1, **conv_kwargs):
+    """A Conv2d and a BatchNorm2d with random parameters and running statistics."""
+    conv = nn.Conv2d(cin, cout, kernel_size, bias=bias, **conv_kwargs)
+    bn = nn.BatchNorm2d(cout, momentum=momentum, affine=affine)
+    with torch.no_grad():
+        if affine:
+            bn.weight.copy_(torch.rand(cout) + 0.5)
+            bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.copy_(torch.rand(cout) + 0.5)
+    return conv.to(dtype=dtype, device=device), bn.to(dtype=dtype, device=device)
+
+
+def eager(x, conv, bn, relu=True, residual=None):
+    z = bn(conv(x))
+    if residual is not None:
+        z = z + residual
+    return torch.relu(z) if relu else z
+
+
+def parameters(conv, bn):
+    return [t for t in (conv.weight, conv.bias, bn.weight, bn.bias) if t is not None]
+
+
+def run_both(x, conv, bn, relu=True, residual=None, train=True, steps=1, grad_mask=None):
+    """Runs `steps` forward+backward passes of fastcnn (on conv, bn in x's dtype) and of
+    eager PyTorch (on float64 copies) with the same inputs and output gradients (zero where
+    grad_mask is false); returns both sides' outputs, gradients and running statistics."""
+    ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+    for module in (conv, bn, ref_conv, ref_bn):
+        module.train(train)
+    results = []
+    for fn, c, b, dtype in ((conv_bn_relu, conv, bn, x.dtype),
+                            (eager, ref_conv, ref_bn, torch.float64)):
+        outputs = []
+        for _ in range(steps):
+            leaf_x = x.detach().to(dtype).requires_grad_()
+            leaf_r = None if residual is None else residual.detach().to(dtype).requires_grad_()
+            for p in parameters(c, b):
+                p.grad = None
+            z = fn(leaf_x, c, b, relu, leaf_r)
+            grad = _fixed_grad(z)
+            z.backward(grad if grad_mask is None else grad * grad_mask.to(grad))
+            outputs.append((z, leaf_x.grad, *(p.grad for p in parameters(c, b)),
+                            *(() if leaf_r is None else (leaf_r.grad,))))
+        stats = (b.running_mean, b.running_var) if b.running_mean is not None else ()
+        results.append((outputs, stats))
+    return results
+
+
+def _fixed_grad(z):
+    """The same output gradient for both sides of a comparison."""
+    generator = torch.Generator().manual_seed(1234)
+    return torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z)
+
+
+def check_against_eager(x, conv, bn, relu=True, residual=None, train=True, steps=1,
+                        backend=None, device="cpu", dtype=None):
+    dtype = dtype or x.dtype
+    (ours, our_stats), (theirs, their_stats) = run_both(x, conv, bn, relu, residual, train, steps)
+    for step_ours, step_theirs in zip(ours, theirs):
+        assert step_ours[0].dtype == x.dtype and step_ours[0].shape == step_theirs[0].shape
+        for a, b in zip(step_ours, step_theirs):
+            assert_close_to_reference(a, b, dtype, backend, device, convolution=True)
+    for a, b in zip(our_stats, their_stats):
+        assert_close_to_reference(a, b, dtype, backend, device, convolution=True)
+    if train and bn.num_batches_tracked is not None:
+        assert bn.num_batches_tracked.item() == steps
+
+
+# (conv arguments, input shape): small shapes (Triton's interpreter runs every program)
+CASES = {
+    "3x3": (dict(cin=4, cout=6, kernel_size=3, padding=1), (2, 4, 5, 6)),
+    "1x1": (dict(cin=8, cout=4, kernel_size=1), (2, 8, 4, 5)),
+    "stride-2": (dict(cin=4, cout=5, kernel_size=3, stride=2, padding=1), (2, 4, 7, 6)),
+    "dilation-2": (dict(cin=3, cout=4, kernel_size=3, dilation=2, padding=2), (2, 3, 6, 6)),
+    "groups-2": (dict(cin=4, cout=6, kernel_size=3, groups=2, padding=1), (2, 4, 5, 5)),
+    "depthwise": (dict(cin=6, cout=6, kernel_size=3, groups=6, padding=1), (2, 6, 5, 5)),
+    "conv-bias": (dict(cin=4, cout=5, kernel_size=3, bias=True), (2, 4, 6, 6)),
+    "no-affine": (dict(cin=4, cout=5, kernel_size=1, affine=False), (3, 4, 3, 4)),
+    "asymmetric": (dict(cin=3, cout=4, kernel_size=(1, 3), stride=(2, 1), padding=(0, 1)),
+                   (2, 3, 5, 6)),
+}
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_matches_eager_in_float64(backend_device, case, train, with_residual, relu):
+    backend, device = backend_device
+    conv_kwargs, shape = case
+    conv, bn = make_modules(**conv_kwargs, device=device)
+    x = randn(*shape, dtype=torch.float64, device=device)
+    residual = None
+    if with_residual:
+        with torch.no_grad():
+            residual = randn(*conv(x).shape, dtype=torch.float64, device=device)
+    check_against_eager(x, conv, bn, relu, residual, train, steps=2 if train else 1,
+                        backend=backend, device=device)
+
+
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+def test_inference_without_grad_matches_eager(backend_device, with_residual):
+    """The folded path: no autograd, the epilogue written over the convolution's output."""
+    backend, device = backend_device
+    conv, bn = make_modules(4, 6, 3, padding=1, bias=True, device=device)
+    conv.eval(), bn.eval()
+    x = randn(2, 4, 5, 6, dtype=torch.float64, device=device)
+    residual = randn(2, 6, 5, 6, dtype=torch.float64, device=device) if with_residual else None
+    with torch.no_grad():
+        expected = eager(x, conv, bn, True, residual)
+        assert_close_to_reference(conv_bn_relu(x, conv, bn, True, residual), expected,
+                                  torch.float64, backend, device)
+    with torch.inference_mode():
+        assert_close_to_reference(conv_bn_relu(x, conv, bn, True, residual), expected,
+                                  torch.float64, backend, device)
+
+
+def test_momentum_none_is_a_cumulative_average(backend_device):
+    backend, device = backend_device
+    conv, bn = make_modules(3, 4, 3, momentum=None, device=device)
+    x = randn(2, 3, 5, 5, dtype=torch.float64, device=device)
+    check_against_eager(x, conv, bn, steps=3, backend=backend, device=device)
+
+
+def test_no_running_stats_uses_batch_statistics_in_eval(backend_device):
+    backend, device = backend_device
+    conv = nn.Conv2d(3, 4, 3).double().to(device)
+    bn = nn.BatchNorm2d(4, track_running_stats=False).double().to(device)
+    x = randn(2, 3, 5, 5, dtype=torch.float64, device=device)
+    check_against_eager(x, conv, bn, train=False, backend=backend, device=device)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_channels_last_matches_eager_and_keeps_its_layout(backend_device, train):
+    backend, device = backend_device
+    conv, bn = make_modules(5, 6, 3, padding=1, device=device)
+    x = randn(2, 5, 4, 6, dtype=torch.float64, device=device, channels_last=True)
+    residual = randn(2, 6, 4, 6, dtype=torch.float64, device=device, channels_last=True)
+    check_against_eager(x, conv, bn, True, residual, train, backend=backend, device=device)
+    bn.train(train)
+    with torch.no_grad():
+        assert conv_bn_relu(x, conv, bn).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_pointwise_convolution_keeps_nchw(train):
+    """A 1x1 convolution of an NCHW float32 tensor runs as a GEMM over x's memory; its
+    output and gradients are laid out as eager's."""
+    conv, bn = make_modules(8, 6, 1, dtype=torch.float32)
+    bn.train(train)
+    x = randn(2, 8, 5, 7)
+    check_against_eager(x, conv, bn, train=train)
+    x.requires_grad_()
+    z = conv_bn_relu(x, conv, bn)
+    z.backward(randn(*z.shape))
+    assert z.is_contiguous() and x.grad.is_contiguous() and conv.weight.grad.is_contiguous()
+    with torch.no_grad():
+        assert conv_bn_relu(x, conv, bn).is_contiguous()
+
+
+def test_mixed_layouts(backend_device):
+    """A channels_last input with an NCHW residual: the kernels read each with its strides."""
+    backend, device = backend_device
+    conv, bn = make_modules(4, 6, 3, padding=1, device=device)
+    x = randn(2, 4, 5, 6, dtype=torch.float64, device=device, channels_last=True)
+    residual = randn(2, 6, 5, 6, dtype=torch.float64, device=device)
+    check_against_eager(x, conv, bn, True, residual, backend=backend, device=device)
+
+
+# Low precision against float64: BatchNorm divides by the batch's standard deviation, so
+# the convolution's rounding is held to the tolerance of its dtype, on unit-scale values.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_low_precision_against_float64(backend_device, dtype, channels_last, train):
+    backend, device = backend_device
+    conv, bn = make_modules(8, 8, 1, dtype=dtype, device=device)
+    x = randn(2, 8, 4, 4, dtype=dtype, device=device, channels_last=channels_last)
+    residual = randn(2, 8, 4, 4, dtype=dtype, device=device, channels_last=channels_last)
+    # Where the value before the ReLU is within rounding of 0, the ReLU's mask depends on
+    # the rounding: no gradient flows back from there, so the mask's choice cannot matter.
+    ref_conv, ref_bn = copy.deepcopy(conv).double().train(train), copy.deepcopy(bn).double()
+    with torch.no_grad():
+        pre_activation = eager(x.double(), ref_conv, ref_bn.train(train), False,
+                               residual.double())
+    clear_of_kink = pre_activation.abs() > 0.1
+    (ours, stats), (theirs, ref_stats) = run_both(x, conv, bn, True, residual, train,
+                                                  grad_mask=clear_of_kink)
+    z, dx, dw, dgamma, dbeta, dr = ours[0]
+    z_ref, dx_ref, dw_ref, dgamma_ref, dbeta_ref, dr_ref = theirs[0]
+    assert z.dtype == dtype
+    for a, b in ((z, z_ref), (dr, dr_ref), *zip(stats, ref_stats)):
+        assert_close_to_reference(a, b, dtype, backend, device, convolution=True)
+    # gradients that sum over the batch: relative to their largest entry
+    for a, b in ((dx, dx_ref), (dw, dw_ref), (dgamma, dgamma_ref), (dbeta, dbeta_ref)):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a.double().cpu() / scale, b.double().cpu() / scale,
+                                   rtol=0, atol=4 * tolerance(dtype)["rtol"])
+
+
+def test_batch_statistics_are_numerically_stable(backend_device):
+    """Values far from zero (mean 1e4, standard deviation 1) in float32: the variance is
+    that of the float32 values, computed exactly, to float32 precision."""
+    backend, device = backend_device
+    y = (1e4 + randn(2, 3, 3000, dtype=torch.float64)).float().to(device)
+    mean = torch.empty(3, device=device)
+    var = torch.empty(3, device=device)
+    backends.kernels(backend).batch_norm_stats(y, mean, var)
+    var_ref, mean_ref = torch.var_mean(y.double(), dim=(0, 2), correction=0)
+    torch.testing.assert_close(mean.double().cpu(), mean_ref.cpu(), rtol=1e-7, atol=0)
+    torch.testing.assert_close(var.double().cpu(), var_ref.cpu(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["channels-contiguous", "positions-contiguous", "neither"])
+def test_kernels_read_and_write_any_strides(backend_device, layout):
+    """The kernel entry points on (N, C, S) views laid out every way, against the
+    reference kernels on the same views."""
+    backend, device = backend_device
+    n, c, s = 2, 20, 24
+
+    def view(kind):
+        if kind == "channels-contiguous":
+            return torch.empty(n, s, c, dtype=torch.float64, device=device).transpose(1, 2)
+        if kind == "positions-contiguous":
+            return torch.empty(n, c, s, dtype=torch.float64, device=device)
+        return torch.empty(n, s, 2 * c, dtype=torch.float64, device=device)[..., ::2] \
+            .transpose(1, 2)
+
+    def vector(fill=None):
+        v = torch.rand(c, dtype=torch.float64, device=device) + 0.5
+        return v if fill is None else v.fill_(fill)
+
+    y, grad, residual = view(layout).normal_(), view("neither").normal_(), view(layout).normal_()
+    scale, shift, invstd = vector(), vector() - 1, vector()
+    results = {}
+    for name in (backend, "reference"):
+        kernels = backends.kernels(name)
+        out, dy, dr = (view("neither").fill_(float("nan")) for _ in range(3))
+        mean, var, sum_dz, sum_dz_xhat = (vector(float("nan")) for _ in range(4))
+        kernels.channel_affine_act(y, scale, shift, residual, out, True)
+        kernels.batch_norm_stats(y, mean, var)
+        kernels.batch_norm_act_backward_reduce(grad, y, residual, scale, shift, mean, invstd,
+                                               sum_dz, sum_dz_xhat, True)
+        kernels.batch_norm_act_backward(grad, y, residual, scale, shift, mean, invstd, sum_dz,
+                                        sum_dz_xhat, dy, dr, True)
+        in_place = y.clone()
+        kernels.channel_affine_act(in_place, None, shift, None, in_place, False)
+        results[name] = (out, mean, var, sum_dz, sum_dz_xhat, dy, dr, in_place)
+    for ours, expected in zip(results[backend], results["reference"]):
+        assert_close_to_reference(ours, expected, torch.float64, backend, device)
+
+
+# Strides that fit in 32 bits (so Triton types them int32) times indices that do not.
+@pytest.mark.parametrize("shape, strides", [((3, 2, 3), (2**30 + 3, 4, 1)),
+                                            ((1, 3, 3), (3 * (2**30 + 3), 2**30 + 3, 1))],
+                         ids=["batch-stride", "channel-stride"])
+def test_64_bit_offsets(backend_device, shape, strides):
+    """Element offsets beyond 2**31 in every kernel. The storage is reserved, not touched:
+    only the few elements of the views are written."""
+    backend, device = backend_device
+    if device != "cpu":
+        pytest.skip("the storage trick relies on lazily committed host memory")
+
+    def huge(fill):
+        t = torch.empty_strided(shape, strides, dtype=torch.float16)
+        return t.normal_() if fill else t
+
+    y, grad, residual, out, dy, dr = (huge(i < 3) for i in range(6))
+    c = shape[1]
+    scale, shift, invstd = torch.rand(c) + 0.5, torch.randn(c), torch.rand(c) + 0.5
+    results = {}
+    for name in (backend, "reference"):
+        kernels = backends.kernels(name)
+        mean, var, sum_dz, sum_dz_xhat = (torch.empty(c) for _ in range(4))
+        kernels.channel_affine_act(y, scale, shift, residual, out, True)
+        kernels.batch_norm_stats(y, mean, var)
+        kernels.batch_norm_act_backward_reduce(grad, y, residual, scale, shift, mean, invstd,
+                                               sum_dz, sum_dz_xhat, True)
+        kernels.batch_norm_act_backward(grad, y, residual, scale, shift, mean, invstd, sum_dz,
+                                        sum_dz_xhat, dy, dr, True)
+        results[name] = [t.clone() for t in (out, mean, var, sum_dz, sum_dz_xhat, dy, dr)]
+    for ours, expected in zip(results[backend], results["reference"]):
+        assert_close_to_reference(ours, expected, torch.float16)
+
+
+def test_gradcheck(backend_device):
+    backend, device = backend_device
+    block = fastcnn.nn.ConvBNReLU(3, 4, 3, padding=1).double().to(device)
+    x = randn(2, 3, 3, 3, dtype=torch.float64, device=device).requires_grad_()
+    residual = randn(2, 4, 3, 3, dtype=torch.float64, device=device).requires_grad_()
+    names = ("conv.weight", "bn.weight", "bn.bias")
+    params = [block.get_parameter(name).detach().clone().requires_grad_() for name in names]
+
+    def f(x, residual, *params):
+        return torch.func.functional_call(block, dict(zip(names, params)), (x, residual))
+
+    for train in (True, False):
+        block.train(train)
+        assert torch.autograd.gradcheck(f, (x, residual, *params))
+
+
+def test_second_derivatives_match_eager(backend_device):
+    """create_graph=True (a gradient penalty): second derivatives as PyTorch's."""
+    backend, device = backend_device
+    conv, bn = make_modules(3, 4, 3, padding=1, device=device)
+    x = randn(2, 3, 4, 4, dtype=torch.float64, device=device)
+    penalties = []
+    for fn in (conv_bn_relu, eager):
+        c, b = copy.deepcopy(conv), copy.deepcopy(bn)
+        leaf = x.clone().requires_grad_()
+        z = fn(leaf, c, b)
+        (first,) = torch.autograd.grad(z, leaf, _fixed_grad(z), create_graph=True)
+        first.pow(2).sum().backward()
+        penalties.append((first.detach(), leaf.grad, c.weight.grad, b.weight.grad))
+    for ours, expected in zip(*penalties):
+        assert_close_to_reference(ours, expected, torch.float64, backend, device)
+
+
+def test_folded_weights_are_cached_and_refreshed(monkeypatch):
+    """Inference folds the BatchNorm into the convolution once, and again after anything
+    it was folded from changes: an optimizer step, load_state_dict, an in-place edit."""
+    folds = []
+    original = conv_bn_relu_impl._fold
+    monkeypatch.setattr(conv_bn_relu_impl, "_fold",
+                        lambda conv, bn: folds.append(1) or original(conv, bn))
+    block = fastcnn.nn.ConvBNReLU(4, 6, 3, padding=1).double()
+    conv, bn = make_modules(4, 6, 3, padding=1)
+    block.conv.load_state_dict(conv.state_dict())
+    block.bn.load_state_dict(bn.state_dict())
+    block.eval()
+    x = randn(2, 4, 5, 5, dtype=torch.float64)
+
+    def check():
+        with torch.no_grad():
+            expected = eager(x, block.conv, block.bn)
+            torch.testing.assert_close(block(x), expected)
+
+    check()
+    check()
+    assert len(folds) == 1
+
+    # an optimizer step (gradients through the eval-mode path, which folds without caching)
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
+    block(x.requires_grad_()).square().sum().backward()
+    x.requires_grad_(False)
+    optimizer.step()
+    folds.clear()
+    check()
+    assert len(folds) == 1
+
+    # load_state_dict from another block
+    other = fastcnn.nn.ConvBNReLU(4, 6, 3, padding=1).double()
+    other_conv, other_bn = make_modules(4, 6, 3, padding=1)
+    other.conv.load_state_dict(other_conv.state_dict())
+    other.bn.load_state_dict(other_bn.state_dict())
+    block.load_state_dict(other.state_dict())
+    check()
+
+    # a running statistic edited in place, eps changed, a training step's running stats
+    with torch.no_grad():
+        block.bn.running_var.mul_(2)
+    check()
+    block.bn.eps = 1e-2
+    check()
+    block.train()
+    block(x)
+    block.eval()
+    check()
+    assert len(folds) == 5
+
+
+def test_saved_bytes_are_not_more_than_eager():
+    """Bytes kept for backward (each storage once) in training mode, against eager's
+    Conv2d -> BatchNorm2d -> ReLU: the BatchNorm and ReLU outputs are not kept."""
+
+    def saved_bytes(fn, *args):
+        storages = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(*args)
+        return sum(storages.values())
+
+    conv, bn = make_modules(16, 32, 3, dtype=torch.float32, padding=1)
+    x = randn(4, 16, 12, 12).requires_grad_()
+    output_bytes = 4 * 32 * 12 * 12 * 4
+    channel_vector_bytes = 32 * 4
+    for relu in (True, False):
+        for with_residual in (False, True):
+            residual = randn(4, 32, 12, 12).requires_grad_() if with_residual else None
+            ours = saved_bytes(conv_bn_relu, x, conv, bn, relu, residual)
+            theirs = saved_bytes(eager, x, conv, bn, relu, residual)
+            assert ours <= theirs, (relu, with_residual, ours, theirs)
+            if relu and not with_residual:
+                # the ReLU output is not kept (a few per-channel vectors more are)
+                assert ours <= theirs - output_bytes + 4 * channel_vector_bytes
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_torch_compile_fullgraph(backend, train):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = fastcnn.nn.ConvBNReLU(3, 8, 3, padding=1)
+            self.b = fastcnn.nn.ConvBNReLU(8, 8, 1, relu=True)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h, residual=h).sum(dim=(2, 3))
+
+    net = Block().double().train(train)
+    for module in (net.a.bn, net.b.bn):
+        with torch.no_grad():
+            module.running_var.fill_(2.0)
+    twin = copy.deepcopy(net)
+    x = randn(2, 3, 7, 7, dtype=torch.float64)
+    with fastcnn.use_backend(backend):
+        expected = twin(x)
+        expected.sum().backward()
+        torch._dynamo.reset()
+        compiled = torch.compile(net, fullgraph=True)
+        actual = compiled(x)
+        actual.sum().backward()
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), twin(x))
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(net.a.conv.weight.grad, twin.a.conv.weight.grad)
+    torch.testing.assert_close(net.b.bn.weight.grad, twin.b.bn.weight.grad)
+    torch.testing.assert_close(net.b.bn.running_mean, twin.b.bn.running_mean)
+    torch.testing.assert_close(net.b.bn.num_batches_tracked, twin.b.bn.num_batches_tracked)
+
+
+def test_module_keys_and_numbers():
+    block = fastcnn.nn.ConvBNReLU(4, 8, 3, stride=2, padding=1, eps=1e-3, momentum=0.2)
+    assert list(block.state_dict()) == ["conv.weight", "bn.weight", "bn.bias",
+                                        "bn.running_mean", "bn.running_var",
+                                        "bn.num_batches_tracked"]
+    assert block.conv.bias is None and block.bn.eps == 1e-3 and block.bn.momentum == 0.2
+    block = block.double()
+    x = randn(2, 4, 9, 9, dtype=torch.float64)
+    expected = eager(x, copy.deepcopy(block.conv), copy.deepcopy(block.bn))
+    torch.testing.assert_close(block(x), expected)
+    block.relu = False
+    block.eval()
+    torch.testing.assert_close(block(x), block.bn(block.conv(x)))
+
+
+def test_empty_batch_in_eval_mode(backend_device):
+    _, device = backend_device
+    conv, bn = make_modules(3, 4, 3, device=device)
+    bn.eval()
+    x = randn(0, 3, 5, 5, dtype=torch.float64, device=device).requires_grad_()
+    z = conv_bn_relu(x, conv, bn)
+    z.sum().backward()
+    assert z.shape == (0, 4, 3, 3) and x.grad.shape == x.shape
+
+
+def test_backward_uses_the_forward_backend(monkeypatch):
+    from fastcnn.kernels import reference
+
+    calls = []
+    original = reference.batch_norm_act_backward
+    monkeypatch.setattr(reference, "batch_norm_act_backward",
+                        lambda *args: calls.append(1) or original(*args))
+    conv, bn = make_modules(3, 4, 3, dtype=torch.float32)
+    x = randn(2, 3, 5, 5).requires_grad_()
+    with fastcnn.use_backend("reference"):
+        z = conv_bn_relu(x, conv, bn)
+    z.sum().backward()
+    assert calls == [1]
+
+
+def _modules():
+    return make_modules(4, 6, 3, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: conv_bn_relu(torch.randn(2, 5, 6, 6), *_modules()), ValueError,
+         ["x", "in_channels", "4", "5"]),
+        (lambda: conv_bn_relu(torch.randn(4, 6, 6), *_modules()), ValueError, ["x", "4 dimensions"]),
+        (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6, 1), *_modules()), ValueError,
+         ["x", "4 dimensions"]),
+        (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6, dtype=torch.float64), *_modules()),
+         TypeError, ["x", "dtype", "float32"]),
+        (lambda: conv_bn_relu(torch.ones(2, 4, 6, 6, dtype=torch.int64), *_modules()),
+         TypeError, ["x", "int64"]),
+        (lambda: conv_bn_relu([[1.0]], *_modules()), TypeError, ["x", "Tensor"]),
+        (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6), _modules()[0], nn.BatchNorm2d(5)),
+         ValueError, ["bn", "num_features", "out_channels"]),
+        (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6), nn.Linear(4, 6), nn.BatchNorm2d(6)),
+         TypeError, ["conv", "Conv2d"]),
+        (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6), _modules()[0], nn.LayerNorm(6)),
+         TypeError, ["bn", "BatchNorm2d"]),
+        (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6),
+                              nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
+                              nn.BatchNorm2d(6)), ValueError, ["padding_mode", "zeros"]),
+        (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6), *_modules(),
+                              residual=torch.randn(2, 6, 6, 6)), ValueError,
+         ["residual", "(2, 6, 4, 4)"]),
+        (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6), *_modules(), relu="yes"), TypeError,
+         ["relu", "bool"]),
+        (lambda: conv_bn_relu(torch.randn(1, 4, 3, 3), *_modules()), ValueError,
+         ["more than 1 value per channel"]),
+    ],
+    ids=["channels", "3d", "5d", "dtype", "integer-dtype", "not-a-tensor", "bn-features",
+         "not-a-conv", "not-a-batchnorm", "padding-mode", "residual-shape", "relu-type",
+         "one-value-per-channel"])
+def test_bad_input_names_the_argument(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_cpp_entry_points_refuse_outputs_that_share_memory_with_inputs():
+    base = randn(201)
+    y, shifted = base[:200].view(2, 4, 25), base[1:].view(2, 4, 25)
+    grad = channel_view(randn(2, 4, 5, 5))
+    v = torch.rand(4)
+    kernels = backends.kernels("cpp")
+    with pytest.raises(RuntimeError, match="output must not share memory with input"):
+        kernels.channel_affine_act(y, v, v, None, shifted, True)
+    with pytest.raises(RuntimeError, match="grad_input must not share memory with grad_output"):
+        kernels.batch_norm_act_backward(grad, y, None, v, v, v, v, v, v, grad, None, True)
+    with pytest.raises(RuntimeError, match="scale must be Float for Float input"):
+        kernels.channel_affine_act(y, v.double(), v, None, y, True)
