@@ -78,10 +78,10 @@ def _pooling_arguments(input, kernel_size, stride, padding, dilation, ceil_mode)
 
 class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, kernel_size, stride, padding, dilation, ceil_mode, positions):
+    def forward(ctx, input, kernel_size, stride, padding, dilation, ceil_mode, keep_positions):
         backend = backends.select("max_pool2d", input)
         args = (kernel_size, stride, padding, dilation)
-        if not positions:
+        if not keep_positions:
             return ops.max_pool2d(input, *args, ceil_mode, backend), None
         output, positions = ops.max_pool2d_with_positions(input, *args, ceil_mode, backend)
         # Backward needs only where each window's maximum was: one byte per output (the
@@ -123,8 +123,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     unbatched = input.dim() == 3
     batched = input.unsqueeze(0) if unbatched else input
     # positions are for backward (and for the indices): none at inference
-    needs_positions = return_indices or (torch.is_grad_enabled() and input.requires_grad)
-    output, positions = MaxPool2dFunction.apply(batched, *args, ceil_mode, needs_positions)
+    keep_positions = return_indices or (torch.is_grad_enabled() and input.requires_grad)
+    output, positions = MaxPool2dFunction.apply(batched, *args, ceil_mode, keep_positions)
     if return_indices:
         indices = reference.window_positions_to_indices(positions, batched.shape[2:], *args)
         if unbatched:
@@ -158,6 +158,9 @@ def global_avg_pool2d(input):
     (C, H, W) input as (C, 1, 1)): torch.nn.functional.adaptive_avg_pool2d(input, 1).
     float16 and bfloat16 are summed in float32 or wider."""
     _check_pooled_input(input)
-    if input.dim() == 3:
-        return GlobalAvgPool2dFunction.apply(input.unsqueeze(0)).squeeze(0)
-    return GlobalAvgPool2dFunction.apply(input)
+    batched = input.unsqueeze(0) if input.dim() == 3 else input
+    if torch.is_grad_enabled() and input.requires_grad:
+        output = GlobalAvgPool2dFunction.apply(batched)
+    else:  # nothing to differentiate: skip the autograd Function's own cost
+        output = ops.global_avg_pool2d(batched, backends.select("global_avg_pool2d", batched))
+    return output.squeeze(0) if input.dim() == 3 else output

@@ -13,18 +13,22 @@ import torch
 def channel_view(t):
     """t of shape (N, C, *spatial) as an (N, C, S) view, or None when its spatial
     dimensions do not share one stride (then only a copy can flatten them)."""
-    stride_s = 1
-    expected = None
-    for size, stride in reversed(list(zip(t.shape[2:], t.stride()[2:]))):
+    if t.is_contiguous():  # the common case, without the loop below
+        return t.view(t.shape[0], t.shape[1], -1) if t.numel() else \
+            t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+    sizes, strides = t.shape, t.stride()
+    stride_s, expected, spatial = 1, None, 1
+    for d in range(len(sizes) - 1, 1, -1):  # plain loops: this runs on every call
+        size, stride = sizes[d], strides[d]
+        spatial *= size
         if size == 1:
             continue
-        if expected is not None and stride != expected:
-            return None
         if expected is None:
             stride_s = stride
+        elif stride != expected:
+            return None
         expected = stride * size
-    spatial = math.prod(t.shape[2:])
-    return t.as_strided((t.shape[0], t.shape[1], spatial), (t.stride(0), t.stride(1), stride_s))
+    return t.as_strided((sizes[0], sizes[1], spatial), (strides[0], strides[1], stride_s))
 
 
 def channel_view_or_copy(t):

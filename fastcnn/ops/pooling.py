@@ -127,8 +127,9 @@ def _fake_global_avg_pool2d(input, backend):
 def global_avg_pool2d(input: torch.Tensor, backend: str) -> torch.Tensor:
     backends.report_fallback("global_avg_pool2d", backend, input.device)
     output = _empty_global_pooled(input)
+    n, c = output.shape[:2]
     backends.kernels(backend).global_avg_pool2d_forward(channel_view_or_copy(input),
-                                                        channel_view(output))
+                                                        output.view(n, c, 1))
     return output
 
 

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastcnn.kernels.triton.lrn import _on_device_of, _tile_coordinates
+from fastcnn.kernels.triton._common import on_device_of, tile_coordinates
 
 # Elements per program tile.
 _TILE = 2048
@@ -87,7 +87,7 @@ def _channel_affine_act_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    image, channels, positions = _tile_coordinates(C, S, BLOCK_C, BLOCK_S)
+    image, channels, positions = tile_coordinates(C, S, BLOCK_C, BLOCK_S)
     c_mask = channels < C
     mask = c_mask[:, None] & (positions < S)[None, :]
     c64 = channels.to(tl.int64)[:, None]
@@ -282,7 +282,7 @@ def _backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    image, channels, positions = _tile_coordinates(C, S, BLOCK_C, BLOCK_S)
+    image, channels, positions = tile_coordinates(C, S, BLOCK_C, BLOCK_S)
     c_mask = channels < C
     mask = c_mask[:, None] & (positions < S)[None, :]
     c64 = channels.to(tl.int64)[:, None]
@@ -350,7 +350,7 @@ def channel_affine_act(input, scale, shift, residual, output, relu):
     if input.numel() == 0:
         return
     block_c, block_s = _blocks(input)
-    with _on_device_of(input):
+    with on_device_of(input):
         _channel_affine_act_kernel[_elementwise_grid(input, block_c, block_s)](
             input, scale if scale is not None else shift, shift,
             residual if residual is not None else input, output, input.shape[1],
@@ -366,7 +366,7 @@ def batch_norm_stats(input, mean, var):
     partial = torch.empty((3, grid[1], input.shape[1]), dtype=torch.float64,
                           device=mean.device)
     counts, means, m2s = partial
-    with _on_device_of(input):
+    with on_device_of(input):
         _batch_norm_stats_kernel[grid](
             input, counts, means, m2s, input.shape[1], input.shape[2], *input.stride(),
             total_tiles, tiles_per_share, ACC_DTYPE=_acc_dtype(input), BLOCK_C=block_c,
@@ -384,7 +384,7 @@ def batch_norm_act_backward_reduce(grad_output, input, residual, scale, shift, m
     block_c, block_s = _blocks(input)
     grid, total_tiles, tiles_per_share = _shares(input, block_c, block_s)
     partial = torch.zeros((2, grid[1], input.shape[1]), dtype=mean.dtype, device=mean.device)
-    with _on_device_of(input):
+    with on_device_of(input):
         if total_tiles > 0:
             _backward_reduce_kernel[grid](
                 grad_output, input, residual if residual is not None else input, scale, shift,
@@ -404,7 +404,7 @@ def batch_norm_act_backward(grad_output, input, residual, scale, shift, mean, in
     if input.numel() == 0:
         return
     block_c, block_s = _blocks(input)
-    with _on_device_of(input):
+    with on_device_of(input):
         _backward_kernel[_elementwise_grid(input, block_c, block_s)](
             grad_output, input, residual if residual is not None else input, grad_input,
             grad_residual if grad_residual is not None else grad_input, scale, shift, mean,

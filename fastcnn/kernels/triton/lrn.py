@@ -20,11 +20,11 @@ without a layout copy; Triton specialises a stride of 1 and makes that axis the
 contiguous one of the tile.
 """
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
+
+from fastcnn.kernels.triton._common import on_device_of, tile_coordinates
 
 # How s^beta is computed, fixed at compile time (see _power).
 _BETA_ZERO = tl.constexpr(0)
@@ -86,18 +86,6 @@ def _window_sum_of_squares(
 
 
 @triton.jit
-def _tile_coordinates(C, S, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """(image, channels, positions) of this program's tile; the grid is 1-d."""
-    pid = tl.program_id(0)
-    tiles_s = tl.cdiv(S, BLOCK_S)
-    tiles_c = tl.cdiv(C, BLOCK_C)
-    image = pid // (tiles_s * tiles_c)
-    channels = (pid // tiles_s) % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    positions = pid % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    return image.to(tl.int64), channels, positions
-
-
-@triton.jit
 def _lrn_forward_kernel(
     x_ptr,
     y_ptr,
@@ -124,7 +112,7 @@ def _lrn_forward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    image, channels, positions = _tile_coordinates(C, S, BLOCK_C, BLOCK_S)
+    image, channels, positions = tile_coordinates(C, S, BLOCK_C, BLOCK_S)
     s_mask = (positions < S)[None, :]
     mask = (channels < C)[:, None] & s_mask
     x_image = x_ptr + image * x_stride_n
@@ -173,7 +161,7 @@ def _lrn_backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    image, channels, positions = _tile_coordinates(C, S, BLOCK_C, BLOCK_S)
+    image, channels, positions = tile_coordinates(C, S, BLOCK_C, BLOCK_S)
     s_mask = (positions < S)[None, :]
     mask = (channels < C)[:, None] & s_mask
     x_image = x_ptr + image * x_stride_n
@@ -242,13 +230,6 @@ def _launch_settings(x):
     return grid, options
 
 
-def _on_device_of(tensor):
-    """Triton launches on the current CUDA device: make it the tensor's."""
-    if tensor.is_cuda:
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
-
-
 def _clipped_window(size, channels):
     """(lo, hi) of the window, clipped: a neighbour further than C - 1 is always padding."""
     return min(size // 2, channels - 1), min((size - 1) // 2, channels - 1)
@@ -259,7 +240,7 @@ def lrn_forward(input, output, size, alpha, beta, k):
     if input.numel() == 0:
         return
     grid, options = _launch_settings(input)
-    with _on_device_of(input):
+    with on_device_of(input):
         _lrn_forward_kernel[grid](
             input, output, input.shape[1], input.shape[2], *input.stride(), *output.stride(),
             *_clipped_window(size, input.shape[1]), alpha / size, beta, k,
@@ -271,7 +252,7 @@ def lrn_backward(input, grad_output, grad_input, size, alpha, beta, k):
     if input.numel() == 0:
         return
     grid, options = _launch_settings(input)
-    with _on_device_of(input):
+    with on_device_of(input):
         _lrn_backward_kernel[grid](
             input, grad_output, grad_input, input.shape[1], input.shape[2], *input.stride(),
             *grad_output.stride(), *grad_input.stride(), *_clipped_window(size, input.shape[1]),

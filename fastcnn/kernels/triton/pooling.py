@@ -37,11 +37,11 @@ run without a layout copy; the tile runs long along the axis with stride 1 (colu
 in NCHW, channels in channels_last), which Triton specialises and makes the contiguous one.
 """
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
+
+from fastcnn.kernels.triton._common import on_device_of
 
 # Elements per program tile.
 _TILE = 1024
@@ -365,13 +365,6 @@ def _acc_dtype(t):
     return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
-def _on_device_of(tensor):
-    """Triton launches on the current CUDA device: make it the tensor's."""
-    if tensor.is_cuda:
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
-
-
 def _check_dims(name, t, dims):
     if t.dim() != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(t.shape)}")
@@ -415,7 +408,7 @@ def max_pool2d_forward(input, output, positions, kernel_size, stride, padding, d
     oh, ow = output.shape[2:]
     grid, options = _row_launch(input, kernel_size, c, oh, ow)
     pos_strides = positions.stride() if positions is not None else (0, 0, 0, 0)
-    with _on_device_of(input):
+    with on_device_of(input):
         _max_pool2d_forward_kernel[grid](
             input, output, positions, c, h, w, oh, ow, *input.stride(), *output.stride(),
             *pos_strides, *stride, *padding, *dilation,
@@ -435,7 +428,7 @@ def max_pool2d_backward(grad_output, positions, grad_input, kernel_size, stride,
         return
     n, c, h, w = grad_input.shape
     grid, options = _row_launch(grad_input, kernel_size, c, h, w)
-    with _on_device_of(grad_input):
+    with on_device_of(grad_input):
         _max_pool2d_backward_kernel[grid](
             grad_output, positions, grad_input, c, h, w, *grad_output.shape[2:],
             *grad_output.stride(), *positions.stride(), *grad_input.stride(), *stride,
@@ -458,7 +451,7 @@ def global_avg_pool2d_forward(input, output):
         return
     n, c, s = input.shape
     block_c, block_s = _channel_tile(input)
-    with _on_device_of(input):
+    with on_device_of(input):
         _global_avg_pool2d_forward_kernel[(n * triton.cdiv(c, block_c),)](
             input, output, c, s, *input.stride(), *output.stride()[:2],
             ACC_DTYPE=_acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
@@ -472,7 +465,7 @@ def global_avg_pool2d_backward(grad_output, grad_input):
     n, c, s = grad_input.shape
     block_c, block_s = _channel_tile(grad_input)
     grid = (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
-    with _on_device_of(grad_input):
+    with on_device_of(grad_input):
         _global_avg_pool2d_backward_kernel[grid](
             grad_output, grad_input, c, s, *grad_output.stride()[:2], *grad_input.stride(),
             ACC_DTYPE=_acc_dtype(grad_input), BLOCK_C=block_c, BLOCK_S=block_s)
