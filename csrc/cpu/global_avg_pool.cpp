@@ -1,7 +1,7 @@
 // Global average pooling of (N, C, S) views into (N, C, 1), forward and backward, on CPU
 // tensors: y[n, c] = sum_s x[n, c, s] / S and dL/dx[n, c, s] = g[n, c] / S.
 //
-// Sums are accumulated in runs of at most 256 values in float32 (float64 for float64
+// Sums are accumulated in runs of at most kRun values in float32 (float64 for float64
 // inputs), and the runs' sums in float64, so that a mean over a large image stays exact
 // to the output's precision while the vectors hold as many lanes as they can.
 //
@@ -22,6 +22,9 @@
 namespace fastcnn::cpu {
 namespace {
 
+// Values summed in the accumulation type before their sum joins a float64 total.
+constexpr int64_t kRun = 256;
+
 // Channels per pixel tile: their running sums stay in L1.
 constexpr int64_t kChannelTile = 2048;
 
@@ -35,7 +38,6 @@ FASTCNN_TARGET_CLONES void row_means(const scalar_t* __restrict x, int64_t row_s
                                      int64_t rows, int64_t n, double scale,
                                      scalar_t* __restrict out, int64_t out_stride) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t kRun = 256;
   for (int64_t r = 0; r < rows; ++r) {
     const scalar_t* row = x + r * row_stride;
     double total = 0;
@@ -51,10 +53,10 @@ FASTCNN_TARGET_CLONES void row_means(const scalar_t* __restrict x, int64_t row_s
 }
 
 // sums[i] += x[i] for n lanes.
-template <typename T>
-FASTCNN_TARGET_CLONES void add_lanes(const T* __restrict x, double* __restrict sums, int64_t n) {
+template <typename T, typename acc_t>
+FASTCNN_TARGET_CLONES void add_lanes(const T* __restrict x, acc_t* __restrict sums, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) sums[i] += static_cast<double>(x[i]);
+  for (int64_t i = 0; i < n; ++i) sums[i] += static_cast<acc_t>(x[i]);
 }
 
 template <typename scalar_t>
@@ -86,15 +88,20 @@ void forward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<scal
   using T = at::opmath_type<scalar_t>;
   const int64_t tiles = (channels + kChannelTile - 1) / kChannelTile;
   at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> lanes(kChannelTile);
+    std::vector<T> lanes(kChannelTile), part(kChannelTile);
     std::vector<double> sums(kChannelTile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / tiles, c0 = t % tiles * kChannelTile;
       const int64_t width = std::min(kChannelTile, channels - c0);
       std::fill(sums.begin(), sums.end(), 0.0);
-      for (int64_t s = 0; s < positions; ++s) {
-        add_lanes(lanes_of<T>(x.at(n, c0, s), x.stride_c, lanes.data(), width), sums.data(),
-                  width);
+      // runs of kRun positions summed in T (float32 but for float64), their sums in float64
+      for (int64_t s0 = 0; s0 < positions; s0 += kRun) {
+        std::fill(part.begin(), part.end(), T(0));
+        for (int64_t s = s0; s < std::min(positions, s0 + kRun); ++s) {
+          add_lanes(lanes_of<T>(x.at(n, c0, s), x.stride_c, lanes.data(), width), part.data(),
+                    width);
+        }
+        for (int64_t i = 0; i < width; ++i) sums[i] += static_cast<double>(part[i]);
       }
       for (int64_t i = 0; i < width; ++i) sums[i] /= static_cast<double>(positions);
       store_row(sums.data(), y.at(n, c0, 0), y.stride_c, width);
