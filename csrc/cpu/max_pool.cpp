@@ -130,11 +130,11 @@ FASTCNN_INLINE bool replaces(T v, T max) {
 }
 
 // For n lanes, the maximum over `count` taps in scan order: m[i] from taps[t][i], and
-// p[i] the winner's code, codes[t] (+ tap_positions[t][i] with kTapPositions).
-template <typename T, bool kPositions, bool kTapPositions>
-FASTCNN_TARGET_CLONES void max_of_taps(const T* const* taps, const int32_t* const* tap_positions,
-                                       const int32_t* codes, int64_t count, T* __restrict m,
-                                       int32_t* __restrict p, int64_t n) {
+// p[i] the winner's code, codes[t].
+template <typename T, bool kPositions>
+FASTCNN_TARGET_CLONES void max_of_taps(const T* const* taps, const int32_t* codes,
+                                       int64_t count, T* __restrict m, int32_t* __restrict p,
+                                       int64_t n) {
   constexpr int64_t kBlock = 64;  // lanes whose running maxima stay in registers
   for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
     const int64_t width = std::min(kBlock, n - i0);
@@ -145,18 +145,17 @@ FASTCNN_TARGET_CLONES void max_of_taps(const T* const* taps, const int32_t* cons
 #pragma omp simd
       for (int64_t i = 0; i < width; ++i) {
         best[i] = v[i];
-        if constexpr (kPositions) winner[i] = codes[0] + (kTapPositions ? tap_positions[0][i0 + i] : 0);
+        if constexpr (kPositions) winner[i] = codes[0];
       }
     }
     for (int64_t t = 1; t < count; ++t) {
       const T* v = taps[t] + i0;
       const int32_t code = codes[t];
-      const int32_t* tp = kTapPositions ? tap_positions[t] + i0 : nullptr;
 #pragma omp simd
       for (int64_t i = 0; i < width; ++i) {
         const bool take = replaces(v[i], best[i]);
         best[i] = take ? v[i] : best[i];
-        if constexpr (kPositions) winner[i] = take ? code + (kTapPositions ? tp[i] : 0) : winner[i];
+        if constexpr (kPositions) winner[i] = take ? code : winner[i];
       }
     }
     std::copy(best, best + width, m + i0);
@@ -525,8 +524,8 @@ void forward_pixels(const ForwardArgs<scalar_t, pos_t>& args) {
           std::fill(p.begin(), p.end(),
                     static_cast<int32_t>(ah.first_tap[oh] * aw.kernel + aw.first_tap[ow]));
         } else {
-          max_of_taps<T, kPositions, false>(taps.data(), nullptr, codes.data(), count, m.data(),
-                                            p.data(), lanes);
+          max_of_taps<T, kPositions>(taps.data(), codes.data(), count, m.data(),
+                                     p.data(), lanes);
         }
         store_lanes<scalar_t, pos_t, kPositions>(
             m.data(), p.data(), args.y.at(n, 0, oh, ow), args.y.stride_c,
