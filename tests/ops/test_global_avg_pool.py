@@ -101,6 +101,19 @@ def test_low_precision_against_float64(backend_device, dtype, channels_last):
     check_against_torch(x, backend, device)
 
 
+@pytest.mark.parametrize("positions", [(4, 4), (1, 17), (5, 7), (4, 8), (15, 17), (16, 16),
+                                       (1, 257)])
+@pytest.mark.parametrize("channel_step", [1, 3])
+def test_float32_rows_of_any_length(backend_device, positions, channel_step):
+    """float32 NCHW rows are summed sixteen channels at a time on CPU, with the last,
+    partial vector of each row masked: row lengths around multiples of 16, around the
+    256 values of one float32 run, channel counts that leave a remainder of rows, and
+    channels that are not back to back."""
+    backend, device = backend_device
+    x = randn(3, 37 * channel_step, *positions, device=device)[:, ::channel_step]
+    check_against_torch(x, backend, device)
+
+
 def test_half_precision_sums_many_positions_accurately(backend_device):
     """A mean over 4096 float16 values whose float16 running sum would lose the small ones:
     the sum is kept in float32 or wider."""
