@@ -23,6 +23,9 @@
 //     unit-stride run. Backward sums each phase of a row's columns in registers: within
 //     a phase, the columns that tap kw of the windows reaches form a contiguous run, as
 //     do the outputs it comes from.
+//     Inference (values only) on planes of contiguous rows that hold no NaN takes a
+//     shorter road, plain_plane: the maximum down each output row's input rows first,
+//     then across, with plain vector maxima (order and ties no longer matter).
 //   pixels (channels_last): the lanes run along channels, and each window is KH * KW
 //     channel rows combined in scan order.
 #include <algorithm>
@@ -129,6 +132,14 @@ FASTCNN_INLINE bool replaces(T v, T max) {
   return v > max || v != v;
 }
 
+// The scan step where no NaN can occur and only the maximum's value is wanted (not which
+// tap won a tie): one vector max instead of two compares and a blend.
+template <typename T, bool kNoNaN>
+FASTCNN_INLINE bool takes(T v, T max) {
+  if constexpr (kNoNaN) return v > max;
+  return replaces(v, max);
+}
+
 // For n lanes, the maximum over `count` taps in scan order: m[i] from taps[t][i], and
 // p[i] the winner's code, codes[t].
 template <typename T, bool kPositions>
@@ -166,7 +177,7 @@ FASTCNN_TARGET_CLONES void max_of_taps(const T* const* taps, const int32_t* code
 // The scan over three taps (a, b, c in scan order) of n lanes in one loop: the common
 // case of 3x3 windows, whose running maxima then never leave registers. The winners'
 // codes are code_* (+ the taps' own positions pa, pb, pc with kTapPositions).
-template <typename T, bool kPositions, bool kTapPositions>
+template <typename T, bool kPositions, bool kTapPositions, bool kNoNaN = false>
 FASTCNN_INLINE void max_of_three(const T* __restrict a, const T* __restrict b,
                                  const T* __restrict c, const int32_t* pa, const int32_t* pb,
                                  const int32_t* pc, int32_t code_a, int32_t code_b,
@@ -177,11 +188,11 @@ FASTCNN_INLINE void max_of_three(const T* __restrict a, const T* __restrict b,
     T best = a[i];
     int32_t winner = code_a + (kTapPositions ? pa[i] : 0);
     const T vb = b[i];
-    const bool take_b = replaces(vb, best);
+    const bool take_b = takes<T, kNoNaN>(vb, best);
     best = take_b ? vb : best;
     if constexpr (kPositions) winner = take_b ? code_b + (kTapPositions ? pb[i] : 0) : winner;
     const T vc = c[i];
-    const bool take_c = replaces(vc, best);
+    const bool take_c = takes<T, kNoNaN>(vc, best);
     best = take_c ? vc : best;
     if constexpr (kPositions) winner = take_c ? code_c + (kTapPositions ? pc[i] : 0) : winner;
     m[i] = best;
@@ -195,28 +206,58 @@ FASTCNN_INLINE void max_of_three(const T* __restrict a, const T* __restrict b,
 // is one unit-stride run of a phase: the element of output column o is flattened element
 // (r * in + o * stride - pad + k * dilation), which is element o of the run that starts
 // at flattened element (r * in - pad + k * dilation); the margin keeps it in bounds.
+// to[i] = from[i] for i < count; whether any of them is NaN.
+template <typename T>
+FASTCNN_TARGET_CLONES bool copy_seeing_nan(const T* __restrict from, int64_t count,
+                                           T* __restrict to) {
+  int nan = 0;
+#pragma omp simd reduction(| : nan)
+  for (int64_t i = 0; i < count; ++i) {
+    const T v = from[i];
+    to[i] = v;
+    nan |= v != v;
+  }
+  return nan;
+}
+
+// even[j] = flat[2 j] and odd[j] = flat[2 j + 1] for the `count` elements at flat (a
+// pattern the compiler vectorises); whether any of them is NaN.
+template <typename T>
+FASTCNN_TARGET_CLONES bool split_in_two(const T* __restrict flat, int64_t count,
+                                        T* __restrict even, T* __restrict odd) {
+  const int64_t pairs = count / 2;
+  int nan = 0;
+#pragma omp simd reduction(| : nan)
+  for (int64_t j = 0; j < pairs; ++j) {
+    const T a = flat[2 * j], b = flat[2 * j + 1];
+    even[j] = a;
+    odd[j] = b;
+    nan |= (a != a) | (b != b);
+  }
+  if (count % 2) {
+    const T last = flat[count - 1];
+    even[pairs] = last;
+    nan |= last != last;
+  }
+  return nan;
+}
+
 struct SplitRows {
   int64_t stride, margin, length;  // `length` elements per phase
 
-  // fills phases from the `count` contiguous elements at `flat`
+  // Fills phases from the `count` contiguous elements at `flat`; says whether any of
+  // them is NaN (the scan then needs the exact, slower step, see takes()).
   template <typename T>
-  void split(const T* __restrict flat, int64_t count, T* __restrict phases) const {
+  bool split(const T* __restrict flat, int64_t count, T* __restrict phases) const {
     const int64_t skip = margin / stride;
-    if (stride == 1) {
-      std::copy(flat, flat + count, phases + skip);
-    } else if (stride == 2) {  // a pattern the compiler vectorises
-      T* even = phases + skip;
-      T* odd = phases + length + skip;
-      const int64_t pairs = count / 2;
-#pragma omp simd
-      for (int64_t j = 0; j < pairs; ++j) {
-        even[j] = flat[2 * j];
-        odd[j] = flat[2 * j + 1];
-      }
-      if (count % 2) even[pairs] = flat[count - 1];
-    } else {
-      for (int64_t i = 0; i < count; ++i) phases[(i % stride) * length + skip + i / stride] = flat[i];
+    if (stride == 1) return copy_seeing_nan(flat, count, phases + skip);
+    if (stride == 2) return split_in_two(flat, count, phases + skip, phases + length + skip);
+    bool nan = false;
+    for (int64_t i = 0; i < count; ++i) {
+      phases[(i % stride) * length + skip + i / stride] = flat[i];
+      nan |= flat[i] != flat[i];
     }
+    return nan;
   }
 };
 
@@ -226,7 +267,7 @@ struct SplitRows {
 // and `phases` their split (SplitRows). The loops run over whole vectors of lanes and
 // read all taps, in the input or not; lanes past a.out hold garbage, and the windows
 // that hang over a row's ends are redone exactly afterwards, from `flat`.
-template <typename T, bool kPositions>
+template <typename T, bool kPositions, bool kNoNaN>
 FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __restrict phases,
                                        const SplitRows& layout, int64_t rows, const Axis& a,
                                        T* __restrict m, int32_t* __restrict p) {
@@ -249,8 +290,8 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
     int32_t* row_p = p + r * lanes;
     if (kernel == 3) {
       const auto tap = [&](int64_t k) { return phases + tap_phase[k] * layout.length + tap_index[k]; };
-      max_of_three<T, kPositions, false>(tap(0), tap(1), tap(2), nullptr, nullptr, nullptr, 0, 1,
-                                         2, row_m, row_p, lanes);
+      max_of_three<T, kPositions, false, kNoNaN>(tap(0), tap(1), tap(2), nullptr, nullptr,
+                                                 nullptr, 0, 1, 2, row_m, row_p, lanes);
     } else if (taps == kernel) {
       for (int64_t o0 = 0; o0 < lanes; o0 += kBlock) {
         const int64_t width = std::min(kBlock, lanes - o0);
@@ -269,7 +310,7 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
 #pragma omp simd
           for (int64_t i = 0; i < width; ++i) {
             const T v = tap[i];
-            const bool take = replaces(v, best[i]);
+            const bool take = takes<T, kNoNaN>(v, best[i]);
             best[i] = take ? v : best[i];
             if constexpr (kPositions) winner[i] = take ? static_cast<int32_t>(k) : winner[i];
           }
@@ -317,7 +358,7 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
 // For output rows [oh0, oh1): the maximum down each window's rows of horizontal maxima
 // (hm, hp: one row of `lanes` per input row from first_row on), in scan order, into
 // rows of m and p.
-template <typename T, bool kPositions>
+template <typename T, bool kPositions, bool kNoNaN>
 FASTCNN_TARGET_CLONES void column_windows(const T* __restrict hm, const int32_t* __restrict hp,
                                           int64_t first_row, const Axis& ah, int64_t kernel_w,
                                           int64_t oh0, int64_t oh1, int64_t lanes,
@@ -336,7 +377,7 @@ FASTCNN_TARGET_CLONES void column_windows(const T* __restrict hm, const int32_t*
     const auto row_of = [&](int64_t k) { return (ah.start(oh) + k * ah.dilation - first_row) * lanes; };
     if (k1 - k0 == 3) {
       const auto code = [&](int64_t k) { return static_cast<int32_t>(k * kernel_w); };
-      max_of_three<T, kPositions, kPositions>(
+      max_of_three<T, kPositions, kPositions, kNoNaN>(
           hm + row_of(k0), hm + row_of(k0 + 1), hm + row_of(k0 + 2), hp + row_of(k0),
           hp + row_of(k0 + 1), hp + row_of(k0 + 2), code(k0), code(k0 + 1), code(k0 + 2), out_m,
           out_p, lanes);
@@ -362,7 +403,7 @@ FASTCNN_TARGET_CLONES void column_windows(const T* __restrict hm, const int32_t*
         const auto code = static_cast<int32_t>(k * kernel_w);
 #pragma omp simd
         for (int64_t i = 0; i < width; ++i) {
-          const bool take = replaces(v[i], best[i]);
+          const bool take = takes<T, kNoNaN>(v[i], best[i]);
           best[i] = take ? v[i] : best[i];
           if constexpr (kPositions) winner[i] = take ? code + w[i] : winner[i];
         }
@@ -410,6 +451,159 @@ FASTCNN_INLINE void store_lanes(const T* m, const int32_t* p, scalar_t* y, int64
   if constexpr (kPositions) store_row(p, positions, positions_stride, n);
 }
 
+// ---------------------------------------------------------------------------------------
+// Inference on planes of contiguous rows, when the plane holds no NaN: each output row is
+// the maximum down its windows' input rows (long unit-stride runs), then across each
+// window's columns of that row of maxima. With no NaN to carry and no winner to record,
+// one vector max is the whole scan step, and a row costs a few loops, not one per tap.
+// ---------------------------------------------------------------------------------------
+
+// Input rows one output row may reach for this path to take it.
+constexpr int64_t kMaxPlainRows = 16;
+
+// v[i] = the maximum of rows[t][i] over t < count (>= 1), for n lanes.
+template <typename T>
+FASTCNN_TARGET_CLONES void max_down(const T* const* rows, int64_t count, T* __restrict v,
+                                    int64_t n) {
+  if (count == 3) {  // 3x3 windows away from the edges: one pass, in registers
+    const T* __restrict a = rows[0];
+    const T* __restrict b = rows[1];
+    const T* __restrict c = rows[2];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      T m = a[i];
+      m = b[i] > m ? b[i] : m;
+      m = c[i] > m ? c[i] : m;
+      v[i] = m;
+    }
+    return;
+  }
+  std::copy(rows[0], rows[0] + n, v);
+  for (int64_t t = 1; t < count; ++t) {
+    const T* __restrict r = rows[t];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) v[i] = r[i] > v[i] ? r[i] : v[i];
+  }
+}
+
+// y[o] = the maximum of v[kStride o + k] over k < kKernel, for o < n.
+template <typename T, int kKernel, int kStride>
+FASTCNN_TARGET_CLONES void max_across(const T* __restrict v, T* __restrict y, int64_t n) {
+#pragma omp simd
+  for (int64_t o = 0; o < n; ++o) {
+    T m = v[kStride * o];
+    for (int k = 1; k < kKernel; ++k) m = v[kStride * o + k] > m ? v[kStride * o + k] : m;
+    y[o] = m;
+  }
+}
+
+// Whether the sum of the n values at x is NaN: always when one of them is (and, rarely,
+// when infinities of both signs meet, which costs only the exact path's time).
+template <typename T>
+FASTCNN_TARGET_CLONES bool sum_is_nan(const T* __restrict x, int64_t n) {
+  constexpr int64_t kSums = 64;  // independent running sums: several vectors in flight
+  T sums[kSums] = {};
+  int64_t i = 0;
+  for (; i + kSums <= n; i += kSums) {
+#pragma omp simd
+    for (int64_t j = 0; j < kSums; ++j) sums[j] += x[i + j];
+  }
+  T sum = 0;
+  for (; i < n; ++i) sum += x[i];
+  for (int64_t j = 0; j < kSums; ++j) sum += sums[j];
+  return sum != sum;
+}
+
+// The row pass across windows of this shape, or nullptr where the plain path does not go.
+template <typename T>
+auto plain_across(const Axis& aw) -> void (*)(const T*, T*, int64_t) {
+  if (aw.dilation != 1) return nullptr;
+  if (aw.kernel == 3 && aw.stride == 2) return max_across<T, 3, 2>;
+  if (aw.kernel == 3 && aw.stride == 1) return max_across<T, 3, 1>;
+  if (aw.kernel == 2 && aw.stride == 2) return max_across<T, 2, 2>;
+  return nullptr;
+}
+
+// Whether every window of the axis has a tap in the input and the path's row table holds
+// its taps.
+bool every_window_reaches_input(const Axis& a) {
+  for (int64_t o = 0; o < a.out; ++o) {
+    if (a.first_tap[o] >= a.end_tap[o]) return false;
+  }
+  return a.kernel <= kMaxPlainRows;
+}
+
+// Lanes of v that plain_plane may use.
+int64_t plain_row_lanes(const Axis& aw) {
+  return aw.in + kVectorLanes + aw.stride * (aw.padded_out + kVectorLanes) + aw.kernel;
+}
+
+constexpr int64_t kCacheLine = 64;
+
+// The plain path for one plane: x's rows x_stride_h apart (each contiguous), y's rows
+// y_stride_h apart (each contiguous), v a buffer of plain_row_lanes(aw), `next` the
+// input plane computed after this one (or nullptr). Returns false,
+// with y written but wrong, when the plane may hold a NaN: the caller then redoes it
+// exactly.
+//
+// Rows are run over in whole vectors where the overshoot stays inside the plane: past
+// an input row's end the next row is read (and ignored); past an output row's end, the
+// next row is written over before that row is computed. The last rows, whose overshoot
+// would leave the plane, run over their exact length.
+template <typename T>
+bool plain_plane(const T* x, int64_t x_stride_h, T* y, int64_t y_stride_h, const Axis& ah,
+                 const Axis& aw, void (*across)(const T*, T*, int64_t), T* v, const T* next) {
+  // The next plane (when it is one run of memory) is asked into the cache a share per
+  // output row: streaming from L3 or memory, that takes a fifth off the time here.
+  const int64_t next_lines =
+      next != nullptr && x_stride_h == aw.in
+          ? (ah.in * aw.in * static_cast<int64_t>(sizeof(T)) + kCacheLine - 1) / kCacheLine
+          : 0;
+  const int64_t lines_per_row = (next_lines + ah.out - 1) / ah.out;
+  const auto whole = [](int64_t n) { return (n + kVectorLanes - 1) / kVectorLanes * kVectorLanes; };
+  const int64_t in_lanes = whole(aw.in);
+  const int64_t interior = aw.interior_end - aw.interior_begin;
+  const int64_t out_lanes = whole(interior);
+  // input rows [0, in_rows_whole) can be read over in_lanes, output rows [0,
+  // out_rows_whole) written over out_lanes
+  const int64_t in_rows_whole =
+      x_stride_h == aw.in ? std::max<int64_t>(0, (ah.in * aw.in - in_lanes) / aw.in + 1) : 0;
+  const int64_t out_rows_whole =
+      y_stride_h == aw.out
+          ? std::max<int64_t>(0, (ah.out * aw.out - aw.interior_begin - out_lanes) / aw.out + 1)
+          : 0;
+  const T* rows[kMaxPlainRows];
+  for (int64_t oh = 0; oh < ah.out; ++oh) {
+    const int64_t k0 = ah.first_tap[oh], k1 = ah.end_tap[oh];
+    for (int64_t k = k0; k < k1; ++k) rows[k - k0] = x + (ah.start(oh) + k * ah.dilation) * x_stride_h;
+    const int64_t last_row = ah.start(oh) + (k1 - 1) * ah.dilation;
+    for (int64_t l = oh * lines_per_row; l < std::min(next_lines, (oh + 1) * lines_per_row); ++l) {
+#if defined(__GNUC__)
+      __builtin_prefetch(reinterpret_cast<const char*>(next) + kCacheLine * l, 0, 2);
+#endif
+    }
+    max_down(rows, k1 - k0, v, last_row < in_rows_whole ? in_lanes : aw.in);
+    T* out = y + oh * y_stride_h;
+    across(v + aw.start(aw.interior_begin), out + aw.interior_begin,
+           oh < out_rows_whole ? out_lanes : interior);
+    const auto edge = [&](int64_t o) {  // a window over the row's ends: its taps inside
+      const T* tap = v + aw.start(o);
+      T m = tap[aw.first_tap[o] * aw.dilation];
+      for (int64_t k = aw.first_tap[o] + 1; k < aw.end_tap[o]; ++k) {
+        m = tap[k * aw.dilation] > m ? tap[k * aw.dilation] : m;
+      }
+      out[o] = m;
+    };
+    for (int64_t o = 0; o < aw.interior_begin; ++o) edge(o);
+    for (int64_t o = aw.interior_end; o < aw.out; ++o) edge(o);
+  }
+  if (x_stride_h == aw.in) return !sum_is_nan(x, ah.in * aw.in);
+  for (int64_t h = 0; h < ah.in; ++h) {
+    if (sum_is_nan(x + h * x_stride_h, aw.in)) return false;
+  }
+  return true;
+}
+
 // Output rows per block of a plane: the block's input rows, their split and their
 // horizontal maxima stay in L2.
 int64_t output_rows_per_block(const Axis& ah, const Axis& aw, int64_t element_size) {
@@ -439,12 +633,26 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
   layout.stride = aw.stride;
   layout.margin = (aw.pad / aw.stride + 1) * aw.stride;
   layout.length = (layout.margin + max_rows * aw.in + aw.span()) / aw.stride + lanes + 1;
+  // the plain path (values of planes without NaN), where it goes
+  const auto across = plain_across<T>(aw);
+  const bool plain = !kPositions && in_place && args.y.stride_w == 1 && across != nullptr &&
+                     every_window_reaches_input(ah) && every_window_reaches_input(aw);
   at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> converted(in_place ? 0 : max_rows * aw.in);
     std::vector<T> phases(aw.stride * layout.length), hm(max_rows * lanes), m(block * lanes);
     std::vector<int32_t> hp(kPositions ? max_rows * lanes : 0), p(kPositions ? block * lanes : 0);
+    std::vector<T> v(plain ? plain_row_lanes(aw) : 0);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / args.channels, c = plane % args.channels;
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        const T* next = plane + 1 < end ? args.x.at((plane + 1) / args.channels,
+                                                    (plane + 1) % args.channels, 0, 0)
+                                        : nullptr;
+        if (plain && plain_plane<T>(args.x.at(n, c, 0, 0), args.x.stride_h, args.y.at(n, c, 0, 0),
+                                    args.y.stride_h, ah, aw, across, v.data(), next)) {
+          continue;
+        }
+      }
       for (int64_t oh0 = 0; oh0 < ah.out; oh0 += block) {
         const int64_t oh1 = std::min(ah.out, oh0 + block);
         // the input rows the block's windows reach
@@ -462,23 +670,25 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
           }
           flat = converted.data();
         }
-        layout.split(flat, rows * aw.in, phases.data());
-        row_windows<T, kPositions>(flat, phases.data(), layout, rows, aw, hm.data(), hp.data());
+        // without NaNs, the values alone need only plain maxima
+        const bool plain = !layout.split(flat, rows * aw.in, phases.data()) && !kPositions;
+        (plain ? row_windows<T, false, true> : row_windows<T, kPositions, false>)(
+            flat, phases.data(), layout, rows, aw, hm.data(), hp.data());
+        const auto columns = plain ? column_windows<T, false, true>
+                                   : column_windows<T, kPositions, false>;
         // values go straight to a contiguous output plane, in the rows whose overshoot
         // stays inside the plane (it lands on rows written after them)
         const int64_t direct_rows =
             direct ? std::clamp(direct_row_end - oh0, int64_t{0}, oh1 - oh0) : 0;
         if (direct_rows > 0) {
           if constexpr (std::is_same_v<T, scalar_t>) {
-            column_windows<T, kPositions>(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0,
-                                          oh0 + direct_rows, lanes, args.y.at(n, c, oh0, 0),
-                                          aw.out, p.data());
+            columns(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0, oh0 + direct_rows, lanes,
+                    args.y.at(n, c, oh0, 0), aw.out, p.data());
           }
         }
         if (direct_rows < oh1 - oh0) {
-          column_windows<T, kPositions>(
-              hm.data(), hp.data(), first_row, ah, aw.kernel, oh0 + direct_rows, oh1, lanes,
-              m.data() + direct_rows * lanes, lanes, p.data() + direct_rows * lanes);
+          columns(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0 + direct_rows, oh1, lanes,
+                  m.data() + direct_rows * lanes, lanes, p.data() + direct_rows * lanes);
         }
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           if (oh - oh0 >= direct_rows) {

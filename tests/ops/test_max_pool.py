@@ -31,6 +31,10 @@ def check_against_torch(x, *args, backend=None, device="cpu"):
     torch.testing.assert_close(y.double(), y_ref, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(indices, indices_ref)
     assert_close_to_reference(dx, dx_ref, x.dtype, backend, device)
+    # inference (no positions kept) runs other kernel paths: the same values
+    with torch.no_grad():
+        y_values = max_pool2d(x, *args)
+    torch.testing.assert_close(y_values.double(), y_ref.detach(), rtol=0, atol=0, equal_nan=True)
 
 
 # (shape, kernel_size, stride, padding, dilation, ceil_mode)
