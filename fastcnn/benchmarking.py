@@ -233,32 +233,30 @@ def build(case, implementation, device, inputs=2):
 CALLS_PER_GPU_SAMPLE = 10
 
 
-def measure(step, device, repeats=10, warmup=2):
-    """Median seconds per call of step(), over `repeats` samples after `warmup` calls.
-    On CPU a sample is one call timed by the wall clock; on a GPU it is
-    CALLS_PER_GPU_SAMPLE calls between two CUDA events."""
-    for _ in range(warmup):
-        step()
+def sample(step, device):
+    """Seconds per call of step() in one timing sample. On CPU a sample is one call timed
+    by the wall clock; on a GPU it is CALLS_PER_GPU_SAMPLE calls between two CUDA events."""
     if torch.device(device).type != "cuda":
-        samples = []
-        for _ in range(repeats):
-            begin = time.perf_counter()
-            step()
-            samples.append(time.perf_counter() - begin)
-        return statistics.median(samples)
+        begin = time.perf_counter()
+        step()
+        return time.perf_counter() - begin
     with torch.cuda.device(device):
         torch.cuda.synchronize()
-        samples = []
-        for _ in range(repeats):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(CALLS_PER_GPU_SAMPLE):
-                step()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3 / CALLS_PER_GPU_SAMPLE)
-        return statistics.median(samples)
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(CALLS_PER_GPU_SAMPLE):
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / CALLS_PER_GPU_SAMPLE
+
+
+def measure(step, device, repeats=10, warmup=2):
+    """Median seconds per call of step(), over `repeats` samples after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    return statistics.median(sample(step, device) for _ in range(repeats))
 
 
 def copy_seconds(shape, dtype, device, repeats=10):
@@ -289,23 +287,39 @@ def summarize(case, milliseconds, copy_ms):
     return row
 
 
-def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None):
-    """Times every case with every implementation; returns one summarize() row per case."""
+def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None,
+        warmup=2):
+    """Times every case with every implementation; returns one summarize() row per case.
+
+    The implementations of a case take their samples in turn (fastcnn, eager, compile,
+    fastcnn, ...; the order reversed every other round), so that a machine whose speed
+    drifts during the run (shared hosts do) slows them alike, and the ratios between
+    them hold better than the times themselves."""
     results = []
     copies = {}
     for case in case_list:
-        milliseconds, errors = {}, {}
+        milliseconds, errors, steps = {}, {}, {}
         for implementation in implementations:
             if log:
                 log(f"{case.label}: {implementation}")
             try:
                 step = build(case, implementation, device)
-                milliseconds[implementation] = measure(step, device, repeats) * 1e3
+                for _ in range(warmup):  # torch.compile compiles here
+                    step()
+                steps[implementation] = step
             except Exception as error:  # a baseline that cannot run here is reported
                 if implementation == "fastcnn":
                     raise
                 milliseconds[implementation] = None
                 errors[f"{implementation}_error"] = f"{type(error).__name__}: {error}"
+        samples = {implementation: [] for implementation in steps}
+        for round_ in range(repeats):
+            order = list(steps.items())
+            for implementation, step in (order if round_ % 2 == 0 else reversed(order)):
+                samples[implementation].append(sample(step, device))
+        for implementation in implementations:
+            if implementation in samples:
+                milliseconds[implementation] = statistics.median(samples[implementation]) * 1e3
         key = (case.shape, case.dtype)
         if key not in copies:
             copies[key] = copy_seconds(case.shape, case.dtype, device) * 1e3
