@@ -8,7 +8,7 @@
 // The lanes run along the axis that is contiguous: positions for NCHW (one row sum per
 // channel; float32 rows of 16 to 256 values sixteen channels at a time, whose lanes are
 // folded together at the end), channels for channels_last (a running sum per channel,
-// four positions at a time).
+// eight positions at a time).
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -55,14 +55,22 @@ FASTCNN_TARGET_CLONES void row_means(const scalar_t* __restrict x, int64_t row_s
   }
 }
 
-// sums[i] += x0[i] + x1[i] + x2[i] + x3[i] for n lanes: four positions per pass over the
+// sums[i] += x[0][i] + ... + x[7][i] for n lanes: eight positions per pass over the
 // sums, so that the stream of inputs, not the sums' loads and stores, sets the pace.
 template <typename acc_t>
-FASTCNN_TARGET_CLONES void add_lanes4(const acc_t* __restrict x0, const acc_t* __restrict x1,
-                                      const acc_t* __restrict x2, const acc_t* __restrict x3,
-                                      acc_t* __restrict sums, int64_t n) {
+FASTCNN_TARGET_CLONES void add_lanes8(const acc_t* const* x, acc_t* __restrict sums, int64_t n) {
+  const acc_t* __restrict x0 = x[0];
+  const acc_t* __restrict x1 = x[1];
+  const acc_t* __restrict x2 = x[2];
+  const acc_t* __restrict x3 = x[3];
+  const acc_t* __restrict x4 = x[4];
+  const acc_t* __restrict x5 = x[5];
+  const acc_t* __restrict x6 = x[6];
+  const acc_t* __restrict x7 = x[7];
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) sums[i] += (x0[i] + x1[i]) + (x2[i] + x3[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    sums[i] += ((x0[i] + x1[i]) + (x2[i] + x3[i])) + ((x4[i] + x5[i]) + (x6[i] + x7[i]));
+  }
 }
 
 template <typename acc_t>
@@ -176,7 +184,7 @@ void forward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<scal
   using T = at::opmath_type<scalar_t>;
   const int64_t tiles = (channels + kChannelTile - 1) / kChannelTile;
   at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> lanes(4 * kChannelTile), part(kChannelTile);
+    std::vector<T> lanes(8 * kChannelTile), part(kChannelTile);
     std::vector<double> sums(kChannelTile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / tiles, c0 = t % tiles * kChannelTile;
@@ -190,8 +198,10 @@ void forward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<scal
           return lanes_of<T>(x.at(n, c0, s), x.stride_c, lanes.data() + i * kChannelTile, width);
         };
         int64_t s = s0;
-        for (; s + 4 <= s1; s += 4) {
-          add_lanes4(row(s, 0), row(s + 1, 1), row(s + 2, 2), row(s + 3, 3), part.data(), width);
+        for (; s + 8 <= s1; s += 8) {
+          const T* rows[8];
+          for (int i = 0; i < 8; ++i) rows[i] = row(s + i, i);
+          add_lanes8(rows, part.data(), width);
         }
         for (; s < s1; ++s) add_lanes(row(s, 0), part.data(), width);
         for (int64_t i = 0; i < width; ++i) sums[i] += static_cast<double>(part[i]);
