@@ -132,14 +132,6 @@ FASTCNN_INLINE bool replaces(T v, T max) {
   return v > max || v != v;
 }
 
-// The scan step where no NaN can occur and only the maximum's value is wanted (not which
-// tap won a tie): one vector max instead of two compares and a blend.
-template <typename T, bool kNoNaN>
-FASTCNN_INLINE bool takes(T v, T max) {
-  if constexpr (kNoNaN) return v > max;
-  return replaces(v, max);
-}
-
 // For n lanes, the maximum over `count` taps in scan order: m[i] from taps[t][i], and
 // p[i] the winner's code, codes[t].
 template <typename T, bool kPositions>
@@ -177,7 +169,7 @@ FASTCNN_TARGET_CLONES void max_of_taps(const T* const* taps, const int32_t* code
 // The scan over three taps (a, b, c in scan order) of n lanes in one loop: the common
 // case of 3x3 windows, whose running maxima then never leave registers. The winners'
 // codes are code_* (+ the taps' own positions pa, pb, pc with kTapPositions).
-template <typename T, bool kPositions, bool kTapPositions, bool kNoNaN = false>
+template <typename T, bool kPositions, bool kTapPositions>
 FASTCNN_INLINE void max_of_three(const T* __restrict a, const T* __restrict b,
                                  const T* __restrict c, const int32_t* pa, const int32_t* pb,
                                  const int32_t* pc, int32_t code_a, int32_t code_b,
@@ -188,11 +180,11 @@ FASTCNN_INLINE void max_of_three(const T* __restrict a, const T* __restrict b,
     T best = a[i];
     int32_t winner = code_a + (kTapPositions ? pa[i] : 0);
     const T vb = b[i];
-    const bool take_b = takes<T, kNoNaN>(vb, best);
+    const bool take_b = replaces(vb, best);
     best = take_b ? vb : best;
     if constexpr (kPositions) winner = take_b ? code_b + (kTapPositions ? pb[i] : 0) : winner;
     const T vc = c[i];
-    const bool take_c = takes<T, kNoNaN>(vc, best);
+    const bool take_c = replaces(vc, best);
     best = take_c ? vc : best;
     if constexpr (kPositions) winner = take_c ? code_c + (kTapPositions ? pc[i] : 0) : winner;
     m[i] = best;
@@ -206,58 +198,28 @@ FASTCNN_INLINE void max_of_three(const T* __restrict a, const T* __restrict b,
 // is one unit-stride run of a phase: the element of output column o is flattened element
 // (r * in + o * stride - pad + k * dilation), which is element o of the run that starts
 // at flattened element (r * in - pad + k * dilation); the margin keeps it in bounds.
-// to[i] = from[i] for i < count; whether any of them is NaN.
-template <typename T>
-FASTCNN_TARGET_CLONES bool copy_seeing_nan(const T* __restrict from, int64_t count,
-                                           T* __restrict to) {
-  int nan = 0;
-#pragma omp simd reduction(| : nan)
-  for (int64_t i = 0; i < count; ++i) {
-    const T v = from[i];
-    to[i] = v;
-    nan |= v != v;
-  }
-  return nan;
-}
-
-// even[j] = flat[2 j] and odd[j] = flat[2 j + 1] for the `count` elements at flat (a
-// pattern the compiler vectorises); whether any of them is NaN.
-template <typename T>
-FASTCNN_TARGET_CLONES bool split_in_two(const T* __restrict flat, int64_t count,
-                                        T* __restrict even, T* __restrict odd) {
-  const int64_t pairs = count / 2;
-  int nan = 0;
-#pragma omp simd reduction(| : nan)
-  for (int64_t j = 0; j < pairs; ++j) {
-    const T a = flat[2 * j], b = flat[2 * j + 1];
-    even[j] = a;
-    odd[j] = b;
-    nan |= (a != a) | (b != b);
-  }
-  if (count % 2) {
-    const T last = flat[count - 1];
-    even[pairs] = last;
-    nan |= last != last;
-  }
-  return nan;
-}
-
 struct SplitRows {
   int64_t stride, margin, length;  // `length` elements per phase
 
-  // Fills phases from the `count` contiguous elements at `flat`; says whether any of
-  // them is NaN (the scan then needs the exact, slower step, see takes()).
+  // fills phases from the `count` contiguous elements at `flat`
   template <typename T>
-  bool split(const T* __restrict flat, int64_t count, T* __restrict phases) const {
+  void split(const T* __restrict flat, int64_t count, T* __restrict phases) const {
     const int64_t skip = margin / stride;
-    if (stride == 1) return copy_seeing_nan(flat, count, phases + skip);
-    if (stride == 2) return split_in_two(flat, count, phases + skip, phases + length + skip);
-    bool nan = false;
-    for (int64_t i = 0; i < count; ++i) {
-      phases[(i % stride) * length + skip + i / stride] = flat[i];
-      nan |= flat[i] != flat[i];
+    if (stride == 1) {
+      std::copy(flat, flat + count, phases + skip);
+    } else if (stride == 2) {  // a pattern the compiler vectorises
+      T* even = phases + skip;
+      T* odd = phases + length + skip;
+      const int64_t pairs = count / 2;
+#pragma omp simd
+      for (int64_t j = 0; j < pairs; ++j) {
+        even[j] = flat[2 * j];
+        odd[j] = flat[2 * j + 1];
+      }
+      if (count % 2) even[pairs] = flat[count - 1];
+    } else {
+      for (int64_t i = 0; i < count; ++i) phases[(i % stride) * length + skip + i / stride] = flat[i];
     }
-    return nan;
   }
 };
 
@@ -267,7 +229,7 @@ struct SplitRows {
 // and `phases` their split (SplitRows). The loops run over whole vectors of lanes and
 // read all taps, in the input or not; lanes past a.out hold garbage, and the windows
 // that hang over a row's ends are redone exactly afterwards, from `flat`.
-template <typename T, bool kPositions, bool kNoNaN>
+template <typename T, bool kPositions>
 FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __restrict phases,
                                        const SplitRows& layout, int64_t rows, const Axis& a,
                                        T* __restrict m, int32_t* __restrict p) {
@@ -290,8 +252,8 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
     int32_t* row_p = p + r * lanes;
     if (kernel == 3) {
       const auto tap = [&](int64_t k) { return phases + tap_phase[k] * layout.length + tap_index[k]; };
-      max_of_three<T, kPositions, false, kNoNaN>(tap(0), tap(1), tap(2), nullptr, nullptr,
-                                                 nullptr, 0, 1, 2, row_m, row_p, lanes);
+      max_of_three<T, kPositions, false>(tap(0), tap(1), tap(2), nullptr, nullptr, nullptr, 0, 1,
+                                         2, row_m, row_p, lanes);
     } else if (taps == kernel) {
       for (int64_t o0 = 0; o0 < lanes; o0 += kBlock) {
         const int64_t width = std::min(kBlock, lanes - o0);
@@ -310,7 +272,7 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
 #pragma omp simd
           for (int64_t i = 0; i < width; ++i) {
             const T v = tap[i];
-            const bool take = takes<T, kNoNaN>(v, best[i]);
+            const bool take = replaces(v, best[i]);
             best[i] = take ? v : best[i];
             if constexpr (kPositions) winner[i] = take ? static_cast<int32_t>(k) : winner[i];
           }
@@ -358,7 +320,7 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
 // For output rows [oh0, oh1): the maximum down each window's rows of horizontal maxima
 // (hm, hp: one row of `lanes` per input row from first_row on), in scan order, into
 // rows of m and p.
-template <typename T, bool kPositions, bool kNoNaN>
+template <typename T, bool kPositions>
 FASTCNN_TARGET_CLONES void column_windows(const T* __restrict hm, const int32_t* __restrict hp,
                                           int64_t first_row, const Axis& ah, int64_t kernel_w,
                                           int64_t oh0, int64_t oh1, int64_t lanes,
@@ -377,7 +339,7 @@ FASTCNN_TARGET_CLONES void column_windows(const T* __restrict hm, const int32_t*
     const auto row_of = [&](int64_t k) { return (ah.start(oh) + k * ah.dilation - first_row) * lanes; };
     if (k1 - k0 == 3) {
       const auto code = [&](int64_t k) { return static_cast<int32_t>(k * kernel_w); };
-      max_of_three<T, kPositions, kPositions, kNoNaN>(
+      max_of_three<T, kPositions, kPositions>(
           hm + row_of(k0), hm + row_of(k0 + 1), hm + row_of(k0 + 2), hp + row_of(k0),
           hp + row_of(k0 + 1), hp + row_of(k0 + 2), code(k0), code(k0 + 1), code(k0 + 2), out_m,
           out_p, lanes);
@@ -403,7 +365,7 @@ FASTCNN_TARGET_CLONES void column_windows(const T* __restrict hm, const int32_t*
         const auto code = static_cast<int32_t>(k * kernel_w);
 #pragma omp simd
         for (int64_t i = 0; i < width; ++i) {
-          const bool take = takes<T, kNoNaN>(v[i], best[i]);
+          const bool take = replaces(v[i], best[i]);
           best[i] = take ? v[i] : best[i];
           if constexpr (kPositions) winner[i] = take ? code + w[i] : winner[i];
         }
@@ -670,25 +632,23 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
           }
           flat = converted.data();
         }
-        // without NaNs, the values alone need only plain maxima
-        const bool plain = !layout.split(flat, rows * aw.in, phases.data()) && !kPositions;
-        (plain ? row_windows<T, false, true> : row_windows<T, kPositions, false>)(
-            flat, phases.data(), layout, rows, aw, hm.data(), hp.data());
-        const auto columns = plain ? column_windows<T, false, true>
-                                   : column_windows<T, kPositions, false>;
+        layout.split(flat, rows * aw.in, phases.data());
+        row_windows<T, kPositions>(flat, phases.data(), layout, rows, aw, hm.data(), hp.data());
         // values go straight to a contiguous output plane, in the rows whose overshoot
         // stays inside the plane (it lands on rows written after them)
         const int64_t direct_rows =
             direct ? std::clamp(direct_row_end - oh0, int64_t{0}, oh1 - oh0) : 0;
         if (direct_rows > 0) {
           if constexpr (std::is_same_v<T, scalar_t>) {
-            columns(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0, oh0 + direct_rows, lanes,
-                    args.y.at(n, c, oh0, 0), aw.out, p.data());
+            column_windows<T, kPositions>(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0,
+                                          oh0 + direct_rows, lanes, args.y.at(n, c, oh0, 0),
+                                          aw.out, p.data());
           }
         }
         if (direct_rows < oh1 - oh0) {
-          columns(hm.data(), hp.data(), first_row, ah, aw.kernel, oh0 + direct_rows, oh1, lanes,
-                  m.data() + direct_rows * lanes, lanes, p.data() + direct_rows * lanes);
+          column_windows<T, kPositions>(
+              hm.data(), hp.data(), first_row, ah, aw.kernel, oh0 + direct_rows, oh1, lanes,
+              m.data() + direct_rows * lanes, lanes, p.data() + direct_rows * lanes);
         }
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           if (oh - oh0 >= direct_rows) {
