@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -183,19 +184,23 @@ void forward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<scal
                     int64_t batch, int64_t channels, int64_t positions) {
   using T = at::opmath_type<scalar_t>;
   const int64_t tiles = (channels + kChannelTile - 1) / kChannelTile;
+  const int64_t tile = std::min(kChannelTile, channels);
+  // float32 channels one apart are read where they lie; other types and strides are
+  // converted into `lanes` first
+  const bool in_place = std::is_same_v<T, scalar_t> && x.stride_c == 1;
   at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> lanes(8 * kChannelTile), part(kChannelTile);
-    std::vector<double> sums(kChannelTile);
+    std::vector<T> lanes(in_place ? 0 : 8 * tile), part(tile);
+    std::vector<double> sums(tile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / tiles, c0 = t % tiles * kChannelTile;
       const int64_t width = std::min(kChannelTile, channels - c0);
-      std::fill(sums.begin(), sums.end(), 0.0);
+      std::fill_n(sums.begin(), width, 0.0);
       // runs of kRun positions summed in T (float32 but for float64), their sums in float64
       for (int64_t s0 = 0; s0 < positions; s0 += kRun) {
-        std::fill(part.begin(), part.end(), T(0));
+        std::fill_n(part.begin(), width, T(0));
         const int64_t s1 = std::min(positions, s0 + kRun);
         const auto row = [&](int64_t s, int i) {
-          return lanes_of<T>(x.at(n, c0, s), x.stride_c, lanes.data() + i * kChannelTile, width);
+          return lanes_of<T>(x.at(n, c0, s), x.stride_c, lanes.data() + i * tile, width);
         };
         int64_t s = s0;
         for (; s + 8 <= s1; s += 8) {
@@ -288,6 +293,26 @@ void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output
         const auto f = use_pixels(input) ? forward_pixels<scalar_t> : forward_rows<scalar_t>;
         f(x, y, input.size(0), input.size(1), input.size(2));
       });
+}
+
+at::Tensor global_avg_pool2d(const at::Tensor& input) {
+  TORCH_CHECK(input.dim() == 4, "input must be (N, C, H, W), got a ", input.dim(),
+              "-d tensor of shape ", input.sizes());
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
+  // fastcnn.ops.pooling.is_channels_last's rule: channels innermost give a channels_last
+  // output, as torch's mean(keepdim=True) gives it
+  const bool channels_last = c > 1 && input.stride(1) == 1 && !input.is_contiguous();
+  const at::Tensor output = at::empty(
+      {n, c, 1, 1}, input.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                 : at::MemoryFormat::Contiguous));
+  // H and W flattened into one stride where they have one (fastcnn.ops.layout.channel_view)
+  const bool one_stride = w == 1 || h == 1 || input.stride(2) == input.stride(3) * w;
+  const int64_t stride_s = w == 1 ? input.stride(2) : input.stride(3);
+  const at::Tensor flat =
+      one_stride ? input.as_strided({n, c, h * w}, {input.stride(0), input.stride(1), stride_s})
+                 : input.contiguous().view({n, c, h * w});
+  global_avg_pool2d_forward(flat, output.view({n, c, 1}));
+  return output;
 }
 
 void global_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& grad_input) {

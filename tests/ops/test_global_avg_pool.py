@@ -23,7 +23,16 @@ def check_against_torch(x, backend=None, device="cpu", grad=None):
     assert y.shape == y_ref.shape and y.dtype == x.dtype and y.device == x.device
     assert_close_to_reference(y, y_ref, x.dtype, backend, device)
     assert_close_to_reference(x_ours.grad, x_ref.grad, x.dtype, backend, device)
+    with torch.no_grad():  # inference takes its own path (no autograd Function)
+        y_inference = global_avg_pool2d(x_ours.detach())
+    for ours in (y, y_inference):  # the same layout as torch's (strides of sizes > 1 alike)
+        assert _strides_that_matter(ours) == _strides_that_matter(y_ref)
+    assert torch.equal(y_inference, y)
     return y, x_ours.grad
+
+
+def _strides_that_matter(t):
+    return [stride for size, stride in zip(t.shape, t.stride()) if size > 1]
 
 
 SHAPES = {
@@ -32,6 +41,7 @@ SHAPES = {
     "one-channel": (2, 1, 6, 6),
     "1x1": (3, 7, 1, 1),
     "one-row": (2, 4, 1, 9),
+    "one-column": (2, 4, 9, 1),
     "large-image": (1, 3, 112, 112),
     "unbatched": (6, 5, 4),
 }
@@ -209,6 +219,10 @@ def test_bad_input_names_the_argument(call, error, words):
 
 def test_cpp_entry_points_check_their_tensors():
     kernels = backends.kernels("cpp")
+    with pytest.raises(RuntimeError, match=r"input must be \(N, C, H, W\)"):
+        kernels.global_avg_pool2d(randn(3, 4, 4))
+    with pytest.raises(RuntimeError, match="input must be float16, bfloat16, float32 or float64"):
+        kernels.global_avg_pool2d(torch.ones(2, 3, 4, 4, dtype=torch.int64))
     x = channel_view(randn(2, 3, 4, 4))
     with pytest.raises(RuntimeError, match=r"output must be \(N, C, 1\)"):
         kernels.global_avg_pool2d_forward(x, torch.empty(2, 4, 1))
