@@ -14,6 +14,8 @@ one pass for the batch statistics, one pass for normalisation + affine (+ residu
 convolution's output (and of the residual), then the convolution's backward (ATen).
 """
 
+import contextlib
+import time
 import weakref
 
 import torch
@@ -51,6 +53,86 @@ def _convolution(x, weight, conv_args):
     return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
+# Per CPU convolution shape, whether its training step runs in channels_last (measured).
+_layout_choices = {}
+# Set by force_conv_layout: True (channels_last), False (as given) or None (measure).
+_forced_layout = None
+
+
+@contextlib.contextmanager
+def force_conv_layout(channels_last):
+    """Within the block, run the convolution of every eligible conv_bn_relu training step
+    in channels_last (True) or in its input's layout (False) instead of choosing by
+    measurement (None): for tests, and for timing either side."""
+    global _forced_layout
+    previous, _forced_layout = _forced_layout, channels_last
+    try:
+        yield
+    finally:
+        _forced_layout = previous
+
+
+def _runs_channels_last(x, weight, conv_args, residual):
+    """Whether a training step's convolution of an NCHW float32 CPU input runs on a
+    channels_last copy of it.
+
+    oneDNN's NCHW convolution reorders its operands to and from a blocked layout inside
+    every call, and on the 2-core Xeon we measured its backward at up to 2x slower than the
+    channels_last one (3x3 64->64 on (16, 64, 56, 56): 59-69 ms against 34-40). The route
+    costs a copy of the input in forward (the copy is what backward saves), the epilogue
+    writing NCHW from channels_last, and in backward copies of the incoming gradient and
+    of the input's gradient. Whether that pays depends on the shape and the machine, so
+    each shape is timed once both ways, copies included (_channels_last_wins), and the
+    answer cached. Inference keeps NCHW: there, with the epilogue in place on the
+    convolution's output, the route measured no faster. So do residual layers, pointwise
+    GEMMs and whatever torch.compile traces."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or residual is not None
+            or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+            or _is_pointwise_gemm(x, weight, conv_args) or torch.compiler.is_compiling()):
+        return False
+    if _forced_layout is not None:
+        return _forced_layout
+    key = (tuple(x.shape), tuple(weight.shape), weight.stride(), conv_args,
+           torch.get_num_threads())
+    choice = _layout_choices.get(key)
+    if choice is None:
+        choice = _layout_choices[key] = _channels_last_wins(x, weight, conv_args)
+    return choice
+
+
+def _channels_last_wins(x, weight, conv_args, rounds=3):
+    """Times the convolution's forward and backward as given and through channels_last
+    copies, `rounds` times each in turn after a warm-up; True when the channels_last
+    route's best time is the lower. The first training step of each shape pays for this
+    (about 2 s for (16, 64, 56, 56) 3x3 64->64 on 2 cores)."""
+    cl = torch.channels_last
+    with torch.no_grad():
+        x, weight = x.detach(), weight.detach()
+        grad = torch.randn_like(_convolution(x, weight, conv_args))
+
+        def as_given():
+            _convolution(x, weight, conv_args)
+            _convolution_backward(grad, x, weight, conv_args, True, True)
+
+        def channels_last():
+            x_cl = x.contiguous(memory_format=cl)
+            # y.contiguous() stands for the epilogue's cost of writing NCHW from y
+            _convolution(x_cl, weight, conv_args).contiguous()
+            grad_x, _ = _convolution_backward(grad.contiguous(memory_format=cl), x_cl, weight,
+                                              conv_args, True, True)
+            grad_x.contiguous()
+
+        best = {as_given: float("inf"), channels_last: float("inf")}
+        for fn in best:
+            fn()
+        for _ in range(rounds):
+            for fn in best:
+                begin = time.perf_counter()
+                fn()
+                best[fn] = min(best[fn], time.perf_counter() - begin)
+    return best[channels_last] < best[as_given]
+
+
 def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
     """(dL/dx, dL/dweight) of _convolution, each None where not needed."""
     if _is_pointwise_gemm(x, weight, conv_args):
@@ -72,6 +154,15 @@ def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
     return grad_x, grad_weight
 
 
+def _layout_of(t):
+    """The memory format t is in (contiguous first, where t is both), or None."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return None
+
+
 def _scale_and_shift(mean, invstd, bn_weight, bn_bias):
     """The per-channel affine map of training-mode BatchNorm: gamma * (y - mean) * invstd +
     beta = y * scale + shift."""
@@ -89,23 +180,30 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, conv_bias, bn_weight, bn_bias, residual, conv_args, eps, relu,
-                backend):
-        y = _convolution(x, weight, conv_args)
+                channels_last, backend):
+        # channels_last: x is NCHW and the convolution runs on a channels_last copy of it
+        # (see _runs_channels_last); y is then channels_last, and z NCHW as x.
+        x_run = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        y = _convolution(x_run, weight, conv_args)
         # A conv bias shifts y and its batch mean alike, so it cancels in the normalised
         # value: the convolution runs without it (the caller adds it to the running mean).
         mean, var = ops.batch_norm_stats(y, backend)
         invstd = torch.rsqrt(var + eps)
         scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
-        z = ops.channel_affine_act(y, scale, shift, residual, relu, backend)
+        z = ops.channel_affine_act(y, scale, shift, residual, relu, channels_last, backend)
         # Saved: x and the weight (the convolution's backward needs them, as in eager), the
         # convolution output y, and per-channel vectors. Not saved: the normalised value and
         # the ReLU's output, which eager keeps; backward recomputes xhat and the ReLU mask
         # from y (and the residual, which the mask depends on: in a ResNet block it is the
         # block's input, saved by the block's first convolution anyway). scale and shift
         # are recomputed, bit for bit, from the vectors eager keeps too.
-        ctx.save_for_backward(x, weight, y, residual if relu else None, mean, invstd,
+        ctx.save_for_backward(x_run, weight, y, residual if relu else None, mean, invstd,
                               bn_weight, bn_bias, conv_bias)
+        # With channels_last the copy of x is saved in its place (the backward convolution
+        # reads it): eager keeps x, y and the ReLU's output, this x's copy and y, so even
+        # where the caller keeps x as well this holds no more than eager.
         ctx.conv_args, ctx.eps, ctx.relu, ctx.backend = conv_args, eps, relu, backend
+        ctx.channels_last = channels_last
         ctx.mark_non_differentiable(mean, var)
         return z, mean, var
 
@@ -113,7 +211,7 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
     def backward(ctx, grad_z, _grad_mean, _grad_var):
         x, weight, y, residual, mean, invstd, bn_weight, bn_bias, conv_bias = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grads = [None] * 10
+        grads = [None] * 11
         if need[2]:
             # The conv bias cancels in the normalised value: its gradient is exactly zero.
             grads[2] = torch.zeros_like(conv_bias)
@@ -132,6 +230,8 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
             for i, g in zip(wanted, found):
                 grads[i] = g
             return tuple(grads)
+        if ctx.channels_last:  # the passes below read grad_z alongside y, channels_last
+            grad_z = grad_z.contiguous(memory_format=torch.channels_last)
         scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
         sum_dz, sum_dz_xhat = ops.batch_norm_act_backward_reduce(
             grad_z, y, residual, scale, shift, mean, invstd, ctx.relu, ctx.backend)
@@ -143,6 +243,11 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
             grads[5] = grad_residual[0]
         grads[0], grads[1] = _convolution_backward(grad_y, x, weight, ctx.conv_args, need[0],
                                                    need[1])
+        if ctx.channels_last:  # the gradients in the layouts of x and the weight
+            if grads[0] is not None:
+                grads[0] = grads[0].contiguous()
+            if grads[1] is not None and _layout_of(weight) is not None:
+                grads[1] = grads[1].contiguous(memory_format=_layout_of(weight))
         if need[3]:
             grads[3] = sum_dz_xhat.to(bn_weight.dtype)  # d/dgamma = sum dz * xhat
         if need[4]:
@@ -156,7 +261,7 @@ class BiasActFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, bias, residual, relu, backend):
-        z = ops.channel_affine_act(y, None, bias, residual, relu, backend)
+        z = ops.channel_affine_act(y, None, bias, residual, relu, False, backend)
         # The output alone gives the ReLU mask (z > 0).
         ctx.save_for_backward(z if relu else None)
         ctx.relu = relu
@@ -329,6 +434,7 @@ def _training(x, conv, bn, relu, residual, conv_args, backend):
     if residual is x:
         # torch.compile cannot trace one tensor given twice to an autograd.Function
         residual = residual.view_as(residual)
+    channels_last = _runs_channels_last(x, conv.weight, conv_args, residual)
     return ConvBatchNormTrainingFunction.apply(
         x, conv.weight, conv.bias, bn.weight, bn.bias, residual, conv_args, bn.eps, relu,
-        backend)
+        channels_last, backend)

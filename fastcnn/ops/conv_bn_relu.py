@@ -30,18 +30,25 @@ def _view(t):
     return None if t is None else channel_view_or_copy(t)
 
 
-def _fake_channel_affine_act(input, scale, shift, residual, relu, backend):
+def _affine_output(input, contiguous):
+    if contiguous:
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
     return empty_output(input)
+
+
+def _fake_channel_affine_act(input, scale, shift, residual, relu, contiguous, backend):
+    return _affine_output(input, contiguous)
 
 
 @custom_op("fastcnn::channel_affine_act", fake=_fake_channel_affine_act)
 def channel_affine_act(input: torch.Tensor, scale: Optional[torch.Tensor], shift: torch.Tensor,
-                       residual: Optional[torch.Tensor], relu: bool,
+                       residual: Optional[torch.Tensor], relu: bool, contiguous: bool,
                        backend: str) -> torch.Tensor:
     """act(input * scale_c + shift_c (+ residual)), act being ReLU or the identity; a
-    missing scale is 1."""
+    missing scale is 1. The output has input's layout, or is contiguous (NCHW) where
+    `contiguous` asks for it (a convolution run in channels_last for an NCHW caller)."""
     backends.report_fallback("conv_bn_relu", backend, input.device)
-    output = empty_output(input)
+    output = _affine_output(input, contiguous)
     backends.kernels(backend).channel_affine_act(
         channel_view_or_copy(input), scale, shift, _view(residual), channel_view(output), relu)
     return output
@@ -60,7 +67,7 @@ def channel_affine_act_(input: torch.Tensor, scale: Optional[torch.Tensor], shif
     backends.report_fallback("conv_bn_relu", backend, input.device)
     view = channel_view(input)
     if view is None:  # no (N, C, S) view: compute aside, copy back
-        input.copy_(channel_affine_act(input, scale, shift, residual, relu, backend))
+        input.copy_(channel_affine_act(input, scale, shift, residual, relu, False, backend))
         return
     backends.kernels(backend).channel_affine_act(view, scale, shift, _view(residual), view, relu)
 

@@ -3,6 +3,7 @@ every backend, in training and eval mode."""
 
 import copy
 import importlib
+import itertools
 
 import pytest
 import torch
@@ -179,6 +180,59 @@ def test_pointwise_convolution_keeps_nchw(train):
     assert z.is_contiguous() and x.grad.is_contiguous() and conv.weight.grad.is_contiguous()
     with torch.no_grad():
         assert conv_bn_relu(x, conv, bn).is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last-route", "as-given"])
+@pytest.mark.parametrize("case", ["3x3", "stride-2", "groups-2", "conv-bias"])
+def test_float32_training_either_layout_route(backend_device, case, channels_last):
+    """An NCHW float32 CPU training step runs its convolution on a channels_last copy where
+    that measured faster: the same numbers either way, NCHW output and input gradient, the
+    weight's gradient in the weight's layout."""
+    backend, device = backend_device
+    if device != "cpu":
+        pytest.skip("the route is for CPU convolutions")
+    conv_kwargs, shape = CASES[case]
+    conv, bn = make_modules(**conv_kwargs, dtype=torch.float32)
+    x = randn(*shape)
+    saved = []
+    with conv_bn_relu_impl.force_conv_layout(channels_last):
+        leaf = x.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
+                                                      lambda t: t):
+            z = conv_bn_relu(leaf, conv.train(), bn.train())
+        # the route taken: backward keeps x, or its channels_last copy
+        assert [t.is_contiguous() for t in saved if t.shape == x.shape] == [not channels_last]
+        z.backward(torch.ones_like(z))
+        assert (z.is_contiguous() and leaf.grad.is_contiguous()
+                and conv.weight.grad.is_contiguous())
+        conv.weight.grad = None  # run_both's gradients would be added to it
+        (ours, stats), (theirs, ref_stats) = run_both(x, conv, bn)
+    for a, b in (*zip(ours[0], theirs[0]), *zip(stats, ref_stats)):
+        scale = max(b.abs().max().item(), 1e-6)  # the conv bias's gradient is 0
+        torch.testing.assert_close(a.double() / scale, b / scale, rtol=0,
+                                   atol=4 * tolerance(torch.float32)["rtol"])
+
+
+def test_layout_route_is_measured_once_per_shape(monkeypatch):
+    calls = []
+
+    def measured(x, weight, conv_args):
+        calls.append(tuple(x.shape))
+        return len(calls) % 2 == 1  # the first shape channels_last, the second not
+
+    monkeypatch.setattr(conv_bn_relu_impl, "_channels_last_wins", measured)
+    monkeypatch.setattr(conv_bn_relu_impl, "_layout_choices", {})
+    conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
+    routes = []
+    real = conv_bn_relu_impl.ConvBatchNormTrainingFunction.apply
+    monkeypatch.setattr(conv_bn_relu_impl.ConvBatchNormTrainingFunction, "apply",
+                        lambda *args: routes.append(args[9]) or real(*args))
+    for shape in ((2, 4, 5, 6), (2, 4, 5, 6), (3, 4, 5, 6), (3, 4, 5, 6)):
+        conv_bn_relu(randn(*shape), conv, bn)
+    assert calls == [(2, 4, 5, 6), (3, 4, 5, 6)] and routes == [True, True, False, False]
+    conv_bn_relu(randn(2, 4, 5, 6, channels_last=True), conv, bn)  # not NCHW: not measured
+    conv_bn_relu(randn(2, 4, 5, 6, dtype=torch.float64), conv.double(), bn.double())
+    assert len(calls) == 2 and routes[4:] == [False, False]
 
 
 def test_mixed_layouts(backend_device):
@@ -412,15 +466,16 @@ def test_saved_bytes_are_not_more_than_eager():
     x = randn(4, 16, 12, 12).requires_grad_()
     output_bytes = 4 * 32 * 12 * 12 * 4
     channel_vector_bytes = 32 * 4
-    for relu in (True, False):
-        for with_residual in (False, True):
-            residual = randn(4, 32, 12, 12).requires_grad_() if with_residual else None
+    for relu, with_residual, channels_last in itertools.product((True, False), (False, True),
+                                                                (False, True)):
+        residual = randn(4, 32, 12, 12).requires_grad_() if with_residual else None
+        with conv_bn_relu_impl.force_conv_layout(channels_last):
             ours = saved_bytes(conv_bn_relu, x, conv, bn, relu, residual)
-            theirs = saved_bytes(eager, x, conv, bn, relu, residual)
-            assert ours <= theirs, (relu, with_residual, ours, theirs)
-            if relu and not with_residual:
-                # the ReLU output is not kept (a few per-channel vectors more are)
-                assert ours <= theirs - output_bytes + 4 * channel_vector_bytes
+        theirs = saved_bytes(eager, x, conv, bn, relu, residual)
+        assert ours <= theirs, (relu, with_residual, channels_last, ours, theirs)
+        if relu and not with_residual:
+            # the ReLU output is not kept (a few per-channel vectors more are)
+            assert ours <= theirs - output_bytes + 4 * channel_vector_bytes
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
