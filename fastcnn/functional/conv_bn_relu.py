@@ -15,7 +15,6 @@ convolution's output (and of the residual), then the convolution's backward (ATe
 """
 
 import contextlib
-import time
 import weakref
 
 import torch
@@ -53,17 +52,15 @@ def _convolution(x, weight, conv_args):
     return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
-# Per CPU convolution shape, whether its training step runs in channels_last (measured).
-_layout_choices = {}
-# Set by force_conv_layout: True (channels_last), False (as given) or None (measure).
+# Set by force_conv_layout: True (channels_last), False (as given) or None (the rule).
 _forced_layout = None
 
 
 @contextlib.contextmanager
 def force_conv_layout(channels_last):
     """Within the block, run the convolution of every eligible conv_bn_relu training step
-    in channels_last (True) or in its input's layout (False) instead of choosing by
-    measurement (None): for tests, and for timing either side."""
+    in channels_last (True) or in its input's layout (False) instead of by
+    _runs_channels_last's rule (None): for tests, and for timing either side."""
     global _forced_layout
     previous, _forced_layout = _forced_layout, channels_last
     try:
@@ -77,60 +74,23 @@ def _runs_channels_last(x, weight, conv_args, residual):
     channels_last copy of it.
 
     oneDNN's NCHW convolution reorders its operands to and from a blocked layout inside
-    every call, and on the 2-core Xeon we measured its backward at up to 2x slower than the
-    channels_last one (3x3 64->64 on (16, 64, 56, 56): 59-69 ms against 34-40). The route
-    costs a copy of the input in forward (the copy is what backward saves), the epilogue
-    writing NCHW from channels_last, and in backward copies of the incoming gradient and
-    of the input's gradient. Whether that pays depends on the shape and the machine, so
-    each shape is timed once both ways, copies included (_channels_last_wins), and the
-    answer cached. Inference keeps NCHW: there, with the epilogue in place on the
-    convolution's output, the route measured no faster. So do residual layers, pointwise
-    GEMMs and whatever torch.compile traces."""
+    every call; on the 2-core Xeon these benchmarks run on, its channels_last convolution
+    was faster, forward and backward, on every float32 shape we timed, copies included:
+    ResNet's 3x3 convolutions at 56, 28, 14 and 7 pixels (64 to 512 channels), strided
+    ones, the 7x7 stem, grouped (ResNeXt) and depthwise ones; for 3x3 64->64 on
+    (16, 64, 56, 56) the backward took 34-44 ms against 59-69. The route costs a copy of
+    the input in forward (which backward keeps instead of x), the epilogue writing NCHW
+    from channels_last, and in backward copies of the incoming gradient and of the
+    input's gradient; a training step of that layer still gained 5-16% over NCHW in our
+    runs. (Timing each shape once instead was tried: one-off timings on a shared host were
+    too noisy to choose by.) Inference keeps NCHW, where the epilogue runs in place on the
+    convolution's output and the route measured no faster; so do residual layers (their
+    residual would need copies too), pointwise GEMMs and whatever torch.compile traces."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or residual is not None
             or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
             or _is_pointwise_gemm(x, weight, conv_args) or torch.compiler.is_compiling()):
         return False
-    if _forced_layout is not None:
-        return _forced_layout
-    key = (tuple(x.shape), tuple(weight.shape), weight.stride(), conv_args,
-           torch.get_num_threads())
-    choice = _layout_choices.get(key)
-    if choice is None:
-        choice = _layout_choices[key] = _channels_last_wins(x, weight, conv_args)
-    return choice
-
-
-def _channels_last_wins(x, weight, conv_args, rounds=3):
-    """Times the convolution's forward and backward as given and through channels_last
-    copies, `rounds` times each in turn after a warm-up; True when the channels_last
-    route's best time is the lower. The first training step of each shape pays for this
-    (about 2 s for (16, 64, 56, 56) 3x3 64->64 on 2 cores)."""
-    cl = torch.channels_last
-    with torch.no_grad():
-        x, weight = x.detach(), weight.detach()
-        grad = torch.randn_like(_convolution(x, weight, conv_args))
-
-        def as_given():
-            _convolution(x, weight, conv_args)
-            _convolution_backward(grad, x, weight, conv_args, True, True)
-
-        def channels_last():
-            x_cl = x.contiguous(memory_format=cl)
-            # y.contiguous() stands for the epilogue's cost of writing NCHW from y
-            _convolution(x_cl, weight, conv_args).contiguous()
-            grad_x, _ = _convolution_backward(grad.contiguous(memory_format=cl), x_cl, weight,
-                                              conv_args, True, True)
-            grad_x.contiguous()
-
-        best = {as_given: float("inf"), channels_last: float("inf")}
-        for fn in best:
-            fn()
-        for _ in range(rounds):
-            for fn in best:
-                begin = time.perf_counter()
-                fn()
-                best[fn] = min(best[fn], time.perf_counter() - begin)
-    return best[channels_last] < best[as_given]
+    return True if _forced_layout is None else _forced_layout
 
 
 def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):

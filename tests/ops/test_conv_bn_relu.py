@@ -213,26 +213,24 @@ def test_float32_training_either_layout_route(backend_device, case, channels_las
                                    atol=4 * tolerance(torch.float32)["rtol"])
 
 
-def test_layout_route_is_measured_once_per_shape(monkeypatch):
-    calls = []
-
-    def measured(x, weight, conv_args):
-        calls.append(tuple(x.shape))
-        return len(calls) % 2 == 1  # the first shape channels_last, the second not
-
-    monkeypatch.setattr(conv_bn_relu_impl, "_channels_last_wins", measured)
-    monkeypatch.setattr(conv_bn_relu_impl, "_layout_choices", {})
-    conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
+def test_layout_route_rule(monkeypatch):
+    """The channels_last route is for NCHW float32 CPU training steps without a residual
+    whose convolution is not a pointwise GEMM."""
     routes = []
     real = conv_bn_relu_impl.ConvBatchNormTrainingFunction.apply
     monkeypatch.setattr(conv_bn_relu_impl.ConvBatchNormTrainingFunction, "apply",
                         lambda *args: routes.append(args[9]) or real(*args))
-    for shape in ((2, 4, 5, 6), (2, 4, 5, 6), (3, 4, 5, 6), (3, 4, 5, 6)):
-        conv_bn_relu(randn(*shape), conv, bn)
-    assert calls == [(2, 4, 5, 6), (3, 4, 5, 6)] and routes == [True, True, False, False]
-    conv_bn_relu(randn(2, 4, 5, 6, channels_last=True), conv, bn)  # not NCHW: not measured
+    conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
+    conv_bn_relu(randn(2, 4, 5, 6), conv, bn)
+    conv_bn_relu(randn(2, 4, 5, 6, channels_last=True), conv, bn)
+    conv_bn_relu(randn(2, 4, 5, 6), conv, bn, residual=randn(2, 6, 5, 6))
+    conv_bn_relu(randn(2, 4, 5, 6)[:, :, :, :5], conv, bn)  # not contiguous
     conv_bn_relu(randn(2, 4, 5, 6, dtype=torch.float64), conv.double(), bn.double())
-    assert len(calls) == 2 and routes[4:] == [False, False]
+    pointwise, pointwise_bn = make_modules(4, 6, 1, dtype=torch.float32)
+    conv_bn_relu(randn(2, 4, 5, 6), pointwise, pointwise_bn)
+    with conv_bn_relu_impl.force_conv_layout(False):
+        conv_bn_relu(randn(2, 4, 5, 6, dtype=torch.float64).float(), conv.float(), bn.float())
+    assert routes == [True, False, False, False, False, False, False]
 
 
 def test_mixed_layouts(backend_device):
