@@ -79,9 +79,9 @@ def _runs_channels_last(x, weight, conv_args, residual):
     ResNet's 3x3 convolutions at 56, 28, 14 and 7 pixels (64 to 512 channels), strided
     ones, the 7x7 stem, grouped (ResNeXt) and depthwise ones; for 3x3 64->64 on
     (16, 64, 56, 56) the backward took 34-44 ms against 59-69. The route costs a copy of
-    the input in forward (which backward keeps instead of x), the epilogue writing NCHW
-    from channels_last, and in backward copies of the incoming gradient and of the
-    input's gradient; a training step of that layer still gained 5-16% over NCHW in our
+    the input in forward (which backward keeps instead of x: in a chain of layers that
+    holds as many activations as eager), the epilogue writing NCHW from channels_last,
+    and in backward copies of the incoming gradient and of the input's gradient; a training step of that layer still gained 5-16% over NCHW in our
     runs. (Timing each shape once instead was tried: one-off timings on a shared host were
     too noisy to choose by.) Inference keeps NCHW, where the epilogue runs in place on the
     convolution's output and the route measured no faster; so do residual layers (their
@@ -114,6 +114,20 @@ def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
     return grad_x, grad_weight
 
 
+class ToChannelsLastFunction(torch.autograd.Function):
+    """x.contiguous(memory_format=torch.channels_last) for an NCHW x, whose gradient goes
+    back NCHW (x's layout) rather than channels_last. Differentiable twice over: its
+    backward is a differentiable copy."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def _layout_of(t):
     """The memory format t is in (contiguous first, where t is both), or None."""
     if t.is_contiguous():
@@ -140,30 +154,26 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, conv_bias, bn_weight, bn_bias, residual, conv_args, eps, relu,
-                channels_last, backend):
-        # channels_last: x is NCHW and the convolution runs on a channels_last copy of it
-        # (see _runs_channels_last); y is then channels_last, and z NCHW as x.
-        x_run = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        y = _convolution(x_run, weight, conv_args)
+                nchw_output, backend):
+        # nchw_output: x is the channels_last copy of the caller's NCHW input (see
+        # _runs_channels_last), and z is NCHW as that input was.
+        y = _convolution(x, weight, conv_args)
         # A conv bias shifts y and its batch mean alike, so it cancels in the normalised
         # value: the convolution runs without it (the caller adds it to the running mean).
         mean, var = ops.batch_norm_stats(y, backend)
         invstd = torch.rsqrt(var + eps)
         scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
-        z = ops.channel_affine_act(y, scale, shift, residual, relu, channels_last, backend)
+        z = ops.channel_affine_act(y, scale, shift, residual, relu, nchw_output, backend)
         # Saved: x and the weight (the convolution's backward needs them, as in eager), the
         # convolution output y, and per-channel vectors. Not saved: the normalised value and
         # the ReLU's output, which eager keeps; backward recomputes xhat and the ReLU mask
         # from y (and the residual, which the mask depends on: in a ResNet block it is the
         # block's input, saved by the block's first convolution anyway). scale and shift
         # are recomputed, bit for bit, from the vectors eager keeps too.
-        ctx.save_for_backward(x_run, weight, y, residual if relu else None, mean, invstd,
+        ctx.save_for_backward(x, weight, y, residual if relu else None, mean, invstd,
                               bn_weight, bn_bias, conv_bias)
-        # With channels_last the copy of x is saved in its place (the backward convolution
-        # reads it): eager keeps x, y and the ReLU's output, this x's copy and y, so even
-        # where the caller keeps x as well this holds no more than eager.
         ctx.conv_args, ctx.eps, ctx.relu, ctx.backend = conv_args, eps, relu, backend
-        ctx.channels_last = channels_last
+        ctx.nchw_output = nchw_output
         ctx.mark_non_differentiable(mean, var)
         return z, mean, var
 
@@ -190,7 +200,7 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
             for i, g in zip(wanted, found):
                 grads[i] = g
             return tuple(grads)
-        if ctx.channels_last:  # the passes below read grad_z alongside y, channels_last
+        if ctx.nchw_output:  # the passes below read grad_z alongside y, channels_last
             grad_z = grad_z.contiguous(memory_format=torch.channels_last)
         scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
         sum_dz, sum_dz_xhat = ops.batch_norm_act_backward_reduce(
@@ -203,11 +213,9 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
             grads[5] = grad_residual[0]
         grads[0], grads[1] = _convolution_backward(grad_y, x, weight, ctx.conv_args, need[0],
                                                    need[1])
-        if ctx.channels_last:  # the gradients in the layouts of x and the weight
-            if grads[0] is not None:
-                grads[0] = grads[0].contiguous()
-            if grads[1] is not None and _layout_of(weight) is not None:
-                grads[1] = grads[1].contiguous(memory_format=_layout_of(weight))
+        if ctx.nchw_output and grads[1] is not None and _layout_of(weight) is not None:
+            # the weight's gradient in the weight's layout (the convolution ran with x's)
+            grads[1] = grads[1].contiguous(memory_format=_layout_of(weight))
         if need[3]:
             grads[3] = sum_dz_xhat.to(bn_weight.dtype)  # d/dgamma = sum dz * xhat
         if need[4]:
@@ -395,6 +403,11 @@ def _training(x, conv, bn, relu, residual, conv_args, backend):
         # torch.compile cannot trace one tensor given twice to an autograd.Function
         residual = residual.view_as(residual)
     channels_last = _runs_channels_last(x, conv.weight, conv_args, residual)
+    if channels_last:
+        # The copy is an autograd step of its own: the training Function saves it as its
+        # input (so backward keeps the copy, not x, and second derivatives flow through
+        # it to x), and x's gradient comes back NCHW.
+        x = ToChannelsLastFunction.apply(x)
     return ConvBatchNormTrainingFunction.apply(
         x, conv.weight, conv.bias, bn.weight, bn.bias, residual, conv_args, bn.eps, relu,
         channels_last, backend)

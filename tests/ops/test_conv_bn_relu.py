@@ -391,6 +391,27 @@ def test_second_derivatives_match_eager(backend_device):
         assert_close_to_reference(ours, expected, torch.float64, backend, device)
 
 
+def test_second_derivatives_through_the_channels_last_route():
+    """The NCHW float32 CPU route copies x to channels_last as an autograd step of its own:
+    a gradient penalty's second derivatives still reach x and the parameters."""
+    conv, bn = make_modules(3, 4, 3, padding=1, dtype=torch.float32)
+    x = randn(2, 3, 5, 4)
+    penalties = []
+    for fn, dtype in ((conv_bn_relu, torch.float32), (eager, torch.float64)):
+        c, b = copy.deepcopy(conv).to(dtype), copy.deepcopy(bn).to(dtype)
+        leaf = x.detach().to(dtype).clone().requires_grad_()
+        with conv_bn_relu_impl.force_conv_layout(True):
+            z = fn(leaf, c, b)
+            (first,) = torch.autograd.grad(z, leaf, _fixed_grad(z), create_graph=True)
+            first.pow(2).sum().backward()
+        penalties.append((first.detach(), leaf.grad, c.weight.grad, b.weight.grad))
+    assert penalties[0][0].is_contiguous() and penalties[0][1].is_contiguous()
+    for ours, expected in zip(*penalties):
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(ours.double() / scale, expected / scale, rtol=0,
+                                   atol=4 * tolerance(torch.float32)["rtol"])
+
+
 def test_folded_weights_are_cached_and_refreshed(monkeypatch):
     """Inference folds the BatchNorm into the convolution once, and again after anything
     it was folded from changes: an optimizer step, load_state_dict, an in-place edit."""
