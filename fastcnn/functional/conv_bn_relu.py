@@ -78,7 +78,7 @@ def _runs_channels_last(x, weight, conv_args, residual):
     was faster, forward and backward, on every float32 shape we timed, copies included:
     ResNet's 3x3 convolutions at 56, 28, 14 and 7 pixels (64 to 512 channels), strided
     ones, the 7x7 stem, grouped (ResNeXt) and depthwise ones; for 3x3 64->64 on
-    (16, 64, 56, 56) the backward took 34-44 ms against 59-69. The route costs a copy of
+    (16, 64, 56, 56) the backward took 34-44 ms against 59-79. The route costs a copy of
     the input in forward (which backward keeps instead of x: in a chain of layers that
     holds as many activations as eager), the epilogue writing NCHW from channels_last,
     and in backward copies of the incoming gradient and of the input's gradient; a training step of that layer still gained 5-16% over NCHW in our
