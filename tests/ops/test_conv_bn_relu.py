@@ -374,19 +374,23 @@ def test_gradcheck(backend_device):
         assert torch.autograd.gradcheck(f, (x, residual, *params))
 
 
+def _gradient_penalty(fn, x, conv, bn, dtype):
+    """fn's first derivative w.r.t. x (create_graph=True), and the gradients of its squared
+    sum w.r.t. x, conv.weight and bn.weight, on copies of the modules in `dtype`."""
+    c, b = copy.deepcopy(conv).to(dtype), copy.deepcopy(bn).to(dtype)
+    leaf = x.detach().to(dtype).clone().requires_grad_()
+    z = fn(leaf, c, b)
+    (first,) = torch.autograd.grad(z, leaf, _fixed_grad(z), create_graph=True)
+    first.pow(2).sum().backward()
+    return first.detach(), leaf.grad, c.weight.grad, b.weight.grad
+
+
 def test_second_derivatives_match_eager(backend_device):
     """create_graph=True (a gradient penalty): second derivatives as PyTorch's."""
     backend, device = backend_device
     conv, bn = make_modules(3, 4, 3, padding=1, device=device)
     x = randn(2, 3, 4, 4, dtype=torch.float64, device=device)
-    penalties = []
-    for fn in (conv_bn_relu, eager):
-        c, b = copy.deepcopy(conv), copy.deepcopy(bn)
-        leaf = x.clone().requires_grad_()
-        z = fn(leaf, c, b)
-        (first,) = torch.autograd.grad(z, leaf, _fixed_grad(z), create_graph=True)
-        first.pow(2).sum().backward()
-        penalties.append((first.detach(), leaf.grad, c.weight.grad, b.weight.grad))
+    penalties = [_gradient_penalty(fn, x, conv, bn, torch.float64) for fn in (conv_bn_relu, eager)]
     for ours, expected in zip(*penalties):
         assert_close_to_reference(ours, expected, torch.float64, backend, device)
 
@@ -396,15 +400,9 @@ def test_second_derivatives_through_the_channels_last_route():
     a gradient penalty's second derivatives still reach x and the parameters."""
     conv, bn = make_modules(3, 4, 3, padding=1, dtype=torch.float32)
     x = randn(2, 3, 5, 4)
-    penalties = []
-    for fn, dtype in ((conv_bn_relu, torch.float32), (eager, torch.float64)):
-        c, b = copy.deepcopy(conv).to(dtype), copy.deepcopy(bn).to(dtype)
-        leaf = x.detach().to(dtype).clone().requires_grad_()
-        with conv_bn_relu_impl.force_conv_layout(True):
-            z = fn(leaf, c, b)
-            (first,) = torch.autograd.grad(z, leaf, _fixed_grad(z), create_graph=True)
-            first.pow(2).sum().backward()
-        penalties.append((first.detach(), leaf.grad, c.weight.grad, b.weight.grad))
+    with conv_bn_relu_impl.force_conv_layout(True):
+        penalties = [_gradient_penalty(conv_bn_relu, x, conv, bn, torch.float32),
+                     _gradient_penalty(eager, x, conv, bn, torch.float64)]
     assert penalties[0][0].is_contiguous() and penalties[0][1].is_contiguous()
     for ours, expected in zip(*penalties):
         scale = expected.abs().max().item()
