@@ -6,7 +6,8 @@ weight becomes W * gamma / sqrt(running_var + eps) and whose bias
 beta + (b - running_mean) * gamma / sqrt(running_var + eps). The folded weights are cached
 per (conv, bn) pair and refolded when any parameter or buffer changes. The convolution runs
 without bias and one pass over its output adds the bias (and the residual) and applies the
-ReLU in place.
+ReLU in place (or, where an NCHW float32 CPU convolution runs in channels_last, see
+_runs_channels_last, writes the NCHW result from the channels_last output).
 
 Training (the BatchNorm in training mode, or without running statistics): the convolution,
 one pass for the batch statistics, one pass for normalisation + affine (+ residual)
@@ -58,9 +59,10 @@ _forced_layout = None
 
 @contextlib.contextmanager
 def force_conv_layout(channels_last):
-    """Within the block, run the convolution of every eligible conv_bn_relu training step
-    in channels_last (True) or in its input's layout (False) instead of by
-    _runs_channels_last's rule (None): for tests, and for timing either side."""
+    """Within the block, run the convolution of every eligible conv_bn_relu call (a
+    training step, or inference without autograd) in channels_last (True) or in its
+    input's layout (False) instead of by _runs_channels_last's rule (None): for tests, and
+    for timing either side."""
     global _forced_layout
     previous, _forced_layout = _forced_layout, channels_last
     try:
@@ -69,28 +71,46 @@ def force_conv_layout(channels_last):
         _forced_layout = previous
 
 
-def _runs_channels_last(x, weight, conv_args, residual):
-    """Whether a training step's convolution of an NCHW float32 CPU input runs on a
-    channels_last copy of it.
+# Inference takes the channels_last route for outputs of at least this many positions.
+_MIN_INFERENCE_POSITIONS = 14 * 14
+
+
+def _runs_channels_last(x, weight, conv_args, residual, output_positions=None):
+    """Whether the convolution of an NCHW float32 CPU input runs on a channels_last copy of
+    it: for a training step (output_positions None), or for inference with an output of
+    output_positions = H_out * W_out positions.
 
     oneDNN's NCHW convolution reorders its operands to and from a blocked layout inside
-    every call; on the 2-core Xeon these benchmarks run on, its channels_last convolution
-    was faster, forward and backward, on every float32 shape we timed, copies included:
-    ResNet's 3x3 convolutions at 56, 28, 14 and 7 pixels (64 to 512 channels), strided
-    ones, the 7x7 stem, grouped (ResNeXt) and depthwise ones; for 3x3 64->64 on
-    (16, 64, 56, 56) the backward took 34-44 ms against 59-79. The route costs a copy of
-    the input in forward (which backward keeps instead of x: in a chain of layers that
-    holds as many activations as eager), the epilogue writing NCHW from channels_last,
-    and in backward copies of the incoming gradient and of the input's gradient; a training step of that layer still gained 5-16% over NCHW in our
-    runs. (Timing each shape once instead was tried: one-off timings on a shared host were
-    too noisy to choose by.) Inference keeps NCHW, where the epilogue runs in place on the
-    convolution's output and the route measured no faster; so do residual layers (their
-    residual would need copies too), pointwise GEMMs and whatever torch.compile traces."""
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or residual is not None
+    every call and runs a slower kernel on them; on the 2-core Xeon these benchmarks run
+    on, its channels_last convolution was faster, forward and backward, on every float32
+    shape we timed, copies included: ResNet's 3x3 convolutions at 56, 28, 14 and 7 pixels
+    (64 to 512 channels), strided ones, the 7x7 stem, grouped (ResNeXt) and depthwise ones;
+    for 3x3 64->64 on (16, 64, 56, 56) the backward took 34-44 ms against 59-79. The route
+    costs a copy of the input in forward (which backward keeps instead of x: in a chain of
+    layers that holds as many activations as eager), the epilogue writing NCHW from
+    channels_last, and in backward copies of the incoming gradient and of the input's
+    gradient, all transposed by blocks in registers (about 1.2-1.7x the time of a plain
+    copy of the tensor); a training step of that layer gained about 20% over NCHW in our
+    runs (paired medians). Training keeps NCHW for residual layers (backward would need their residual in
+    channels_last too).
+
+    Inference (no autograd) has no backward to gain from; its forward with the copies
+    was 17-20% faster than NCHW for 3x3 convolutions at 28 and 14 pixels (128 to 512
+    channels), 0-20% for 64 channels at 56 and 9% for the stem, but 5-13% slower for 3x3
+    convolutions of 256 or 512 channels with 7x7 outputs, hence the output size limit;
+    the epilogue reads an NCHW residual as it is.
+
+    Neither takes the route for pointwise GEMMs, nor for whatever torch.compile traces.
+    (Timing each shape once instead of a rule was tried: one-off timings on a shared host
+    were too noisy to choose by.)"""
+    if (x.device.type != "cpu" or x.dtype != torch.float32
+            or (residual is not None and output_positions is None)
             or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
             or _is_pointwise_gemm(x, weight, conv_args) or torch.compiler.is_compiling()):
         return False
-    return True if _forced_layout is None else _forced_layout
+    if _forced_layout is not None:
+        return _forced_layout
+    return output_positions is None or output_positions >= _MIN_INFERENCE_POSITIONS
 
 
 def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
@@ -115,17 +135,23 @@ def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
 
 
 class ToChannelsLastFunction(torch.autograd.Function):
-    """x.contiguous(memory_format=torch.channels_last) for an NCHW x, whose gradient goes
-    back NCHW (x's layout) rather than channels_last. Differentiable twice over: its
-    backward is a differentiable copy."""
+    """A channels_last copy of an NCHW x, whose gradient goes back NCHW (x's layout) rather
+    than channels_last. The copies are the backend's convert_layout (the C++ one transposes
+    by blocks in registers); differentiable twice over: with create_graph, backward copies
+    with ATen, which autograd sees through."""
 
     @staticmethod
-    def forward(ctx, x):
-        return x.contiguous(memory_format=torch.channels_last)
+    def forward(ctx, x, backend):
+        ctx.backend = backend
+        return ops.convert_layout(x, True, backend)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.contiguous()
+        if torch.is_grad_enabled():
+            return grad.contiguous(), None
+        if grad.is_contiguous():
+            return grad, None
+        return ops.convert_layout(grad, False, ctx.backend), None
 
 
 def _layout_of(t):
@@ -200,8 +226,9 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
             for i, g in zip(wanted, found):
                 grads[i] = g
             return tuple(grads)
-        if ctx.nchw_output:  # the passes below read grad_z alongside y, channels_last
-            grad_z = grad_z.contiguous(memory_format=torch.channels_last)
+        if ctx.nchw_output and not grad_z.is_contiguous(memory_format=torch.channels_last):
+            # the passes below read grad_z alongside y, channels_last
+            grad_z = ops.convert_layout(grad_z, True, ctx.backend)
         scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
         sum_dz, sum_dz_xhat = ops.batch_norm_act_backward_reduce(
             grad_z, y, residual, scale, shift, mean, invstd, ctx.relu, ctx.backend)
@@ -393,6 +420,11 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
         y = _convolution(x, weight, conv_args)
         return BiasActFunction.apply(y, bias, residual, relu, backend)
     weight, bias = _folded(conv, bn)
+    _, _, h, w = _output_shape(x, conv)
+    if _runs_channels_last(x, weight, conv_args, residual, output_positions=h * w):
+        # the epilogue writes NCHW from the channels_last output, reading the residual as is
+        y = _convolution(ops.convert_layout(x, True, backend), weight, conv_args)
+        return ops.channel_affine_act(y, None, bias, residual, relu, True, backend)
     y = _convolution(x, weight, conv_args)
     ops.channel_affine_act_(y, None, bias, residual, relu, backend)
     return y
@@ -407,7 +439,7 @@ def _training(x, conv, bn, relu, residual, conv_args, backend):
         # The copy is an autograd step of its own: the training Function saves it as its
         # input (so backward keeps the copy, not x, and second derivatives flow through
         # it to x), and x's gradient comes back NCHW.
-        x = ToChannelsLastFunction.apply(x)
+        x = ToChannelsLastFunction.apply(x, backend)
     return ConvBatchNormTrainingFunction.apply(
         x, conv.weight, conv.bias, bn.weight, bn.bias, residual, conv_args, bn.eps, relu,
         channels_last, backend)

@@ -72,6 +72,25 @@ def channel_affine_act_(input: torch.Tensor, scale: Optional[torch.Tensor], shif
     backends.kernels(backend).channel_affine_act(view, scale, shift, _view(residual), view, relu)
 
 
+def _layout_output(input, channels_last):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty_like(input, memory_format=memory_format)
+
+
+def _fake_convert_layout(input, channels_last, backend):
+    return _layout_output(input, channels_last)
+
+
+@custom_op("fastcnn::convert_layout", fake=_fake_convert_layout)
+def convert_layout(input: torch.Tensor, channels_last: bool, backend: str) -> torch.Tensor:
+    """A copy of input (N, C, H, W) in channels_last (or, channels_last false, NCHW): the
+    layout changes around a convolution run in channels_last for an NCHW caller. Always a
+    new tensor, even where input is in that layout already."""
+    output = _layout_output(input, channels_last)
+    backends.kernels(backend).convert_layout(channel_view_or_copy(input), channel_view(output))
+    return output
+
+
 def _fake_batch_norm_stats(input, backend):
     return _channel_vector(input), _channel_vector(input)
 

@@ -233,6 +233,121 @@ def test_layout_route_rule(monkeypatch):
     assert routes == [True, False, False, False, False, False, False]
 
 
+def _inference_routes(monkeypatch):
+    """The layouts (channels_last true/false) of the convolutions run by conv_bn_relu's
+    inference calls from here on."""
+    routes = []
+    real = conv_bn_relu_impl._convolution
+    monkeypatch.setattr(conv_bn_relu_impl, "_convolution", lambda x, *args: routes.append(
+        not x.is_contiguous()) or real(x, *args))
+    return routes
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last-route", "as-given"])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("case", ["3x3", "stride-2", "groups-2", "conv-bias", "depthwise"])
+def test_float32_inference_either_layout_route(backend_device, monkeypatch, case, with_residual,
+                                               channels_last):
+    """An NCHW float32 CPU inference call (no autograd) runs its convolution on a
+    channels_last copy where that measured faster, and its epilogue writes the NCHW output
+    from the channels_last one (the C++ backend by blocks transposed in registers): the same
+    numbers either way, an NCHW output."""
+    backend, device = backend_device
+    if device != "cpu":
+        pytest.skip("the route is for CPU convolutions")
+    conv_kwargs, shape = CASES[case]
+    conv, bn = make_modules(**conv_kwargs, dtype=torch.float32)
+    conv.eval(), bn.eval()
+    x = randn(*shape)
+    residual = None
+    with torch.no_grad():
+        expected = conv_bn_relu_impl.F.conv2d(x, conv.weight, conv.bias, conv.stride,
+                                              conv.padding, conv.dilation, conv.groups)
+        if with_residual:
+            residual = randn(*expected.shape)
+        ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+        expected = eager(x.double(), ref_conv, ref_bn, True,
+                         None if residual is None else residual.double())
+    routes = _inference_routes(monkeypatch)
+    with conv_bn_relu_impl.force_conv_layout(channels_last), torch.no_grad():
+        z = conv_bn_relu(x, conv, bn, residual=residual)
+    assert routes == [channels_last]
+    assert z.is_contiguous() and z.dtype == torch.float32
+    assert_close_to_reference(z, expected, torch.float32, backend, device, convolution=True)
+
+
+def test_inference_layout_route_rule(monkeypatch):
+    """Inference takes the channels_last route for NCHW float32 CPU inputs whose
+    convolution is no pointwise GEMM and whose output has at least 14 x 14 positions,
+    residual or not; not while autograd records (a frozen BatchNorm in a training net)."""
+    routes = _inference_routes(monkeypatch)
+    conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
+    conv.eval(), bn.eval()
+    with torch.no_grad():
+        conv_bn_relu(randn(2, 4, 14, 14), conv, bn)
+        conv_bn_relu(randn(2, 4, 14, 14), conv, bn, residual=randn(2, 6, 14, 14))
+        conv_bn_relu(randn(2, 4, 13, 15), conv, bn)  # 195 positions
+        conv_bn_relu(randn(2, 4, 14, 14, channels_last=True), conv, bn)
+        conv_bn_relu(randn(2, 4, 14, 14, dtype=torch.float64), conv.double(), bn.double())
+        pointwise, pointwise_bn = make_modules(4, 6, 1, dtype=torch.float32)
+        conv_bn_relu(randn(2, 4, 14, 14), pointwise.eval(), pointwise_bn.eval())
+        conv.float(), bn.float()
+        with conv_bn_relu_impl.force_conv_layout(True):
+            conv_bn_relu(randn(2, 4, 5, 6), conv, bn)
+    conv_bn_relu(randn(2, 4, 14, 14).requires_grad_(), conv, bn)
+    assert routes == [True, True, False, True, False, False, True, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 64, 7, 9), (3, 17, 5, 7), (2, 40, 32, 33), (1, 1040, 3, 7),
+                                   (2, 1, 4, 4), (2, 5, 1, 1)])
+def test_convert_layout_copies_exactly(backend_device, shape, dtype):
+    """ops.convert_layout between NCHW and channels_last, both ways, bit for bit (NaN,
+    infinities and -0.0 included), on shapes whose axes are no multiples of the C++
+    kernel's 16 x 16 blocks and that it splits into several regions."""
+    backend, device = backend_device
+    x = randn(*shape, dtype=dtype, device=device)
+    flat = x.view(-1)
+    flat[::7] = float("nan")
+    flat[1::11] = float("inf")
+    flat[2::13] = -0.0
+    for channels_last, source in ((True, x), (False, x.contiguous(memory_format=torch.channels_last)),
+                                  (True, x.transpose(2, 3))):
+        out = fastcnn.ops.convert_layout(source, channels_last, backend)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert out.is_contiguous(memory_format=layout) and out.data_ptr() != source.data_ptr()
+        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+        assert torch.equal(out.contiguous().view(bits), source.contiguous().view(bits))
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 17, 19), (1, 20, 30, 30), (1, 1040, 3, 7), (2, 3, 4, 4)])
+@pytest.mark.parametrize("relu, with_scale, with_residual",
+                         [(True, True, True), (True, False, False), (False, True, False),
+                          (False, False, True)])
+def test_channel_affine_act_from_channels_last_to_nchw(backend_device, shape, relu, with_scale,
+                                                       with_residual):
+    """The epilogue writing an NCHW float32 output from a channels_last input (the C++
+    kernel transposes 16 x 16 blocks, with edges element by element) against the same
+    arithmetic in float64; NaN passes through the ReLU."""
+    backend, device = backend_device
+    n, c, h, w = shape
+    y = randn(*shape, device=device, channels_last=True)
+    y.permute(0, 2, 3, 1).reshape(-1)[::9] = float("nan")
+    scale = torch.rand(c, device=device) + 0.5 if with_scale else None
+    shift = randn(c, device=device)
+    residual = randn(*shape, device=device) if with_residual else None
+    out = fastcnn.ops.channel_affine_act(y, scale, shift, residual, relu, True, backend)
+    assert out.is_contiguous()
+    expected = y.double() * (1 if scale is None else scale.double().view(1, -1, 1, 1)) + \
+        shift.double().view(1, -1, 1, 1)
+    if residual is not None:
+        expected = expected + residual.double()
+    if relu:
+        expected = torch.relu(expected)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert torch.equal(out.isnan(), expected.isnan())
+
+
 def test_mixed_layouts(backend_device):
     """A channels_last input with an NCHW residual: the kernels read each with its strides."""
     backend, device = backend_device
@@ -624,5 +739,11 @@ def test_cpp_entry_points_refuse_outputs_that_share_memory_with_inputs():
         kernels.channel_affine_act(y, v, v, None, shifted, True)
     with pytest.raises(RuntimeError, match="grad_input must not share memory with grad_output"):
         kernels.batch_norm_act_backward(grad, y, None, v, v, v, v, v, v, grad, None, True)
+    with pytest.raises(RuntimeError, match="output must not share memory with input"):
+        kernels.convert_layout(y, shifted)
+    with pytest.raises(RuntimeError, match=r"output must have the shape of input \[2, 4, 25\]"):
+        kernels.convert_layout(y, torch.empty(2, 25, 4).transpose(1, 2)[:, :3])
+    with pytest.raises(RuntimeError, match="output must have the dtype of input"):
+        kernels.convert_layout(y, torch.empty(2, 25, 4, dtype=torch.float64).transpose(1, 2))
     with pytest.raises(RuntimeError, match="scale must be Float for Float input"):
         kernels.channel_affine_act(y, v.double(), v, None, y, True)
