@@ -7,7 +7,9 @@ beta + (b - running_mean) * gamma / sqrt(running_var + eps). The folded weights 
 per (conv, bn) pair and refolded when any parameter or buffer changes. The convolution runs
 without bias and one pass over its output adds the bias (and the residual) and applies the
 ReLU in place (or, where an NCHW float32 CPU convolution runs in channels_last, see
-_runs_channels_last, writes the NCHW result from the channels_last output).
+_runs_channels_last, writes the NCHW result from the channels_last output). On the Triton
+backend a Triton convolution with that epilogue fused may run instead, where it measured
+faster for the shape (_inference_convolution_choice).
 
 Training (the BatchNorm in training mode, or without running statistics): the convolution,
 one pass for the batch statistics, one pass for normalisation + affine (+ residual)
@@ -91,8 +93,8 @@ def _runs_channels_last(x, weight, conv_args, residual, output_positions=None):
     channels_last, and in backward copies of the incoming gradient and of the input's
     gradient, all transposed by blocks in registers (about 1.2-1.7x the time of a plain
     copy of the tensor); a training step of that layer gained about 20% over NCHW in our
-    runs (paired medians). Training keeps NCHW for residual layers (backward would need their residual in
-    channels_last too).
+    runs (paired medians). Training keeps NCHW for residual layers (backward would need
+    their residual in channels_last too).
 
     Inference (no autograd) has no backward to gain from; its forward with the copies
     was 17-20% faster than NCHW for 3x3 convolutions at 28 and 14 pixels (128 to 512
@@ -366,10 +368,15 @@ def _check_arguments(x, conv, bn, relu, residual):
 
 def _output_shape(x, conv):
     """(N, C_out, H_out, W_out) of conv(x)."""
-    stride, padding, dilation, _ = _conv_args(conv)
+    return _convolution_output_shape(x, conv.weight.shape, _conv_args(conv))
+
+
+def _convolution_output_shape(x, weight_shape, conv_args):
+    """(N, C_out, H_out, W_out) of conv2d(x, weight of weight_shape, *conv_args)."""
+    stride, padding, dilation, _ = conv_args
     spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
-               zip(x.shape[2:], conv.kernel_size, stride, padding, dilation)]
-    return (x.shape[0], conv.out_channels, *spatial)
+               zip(x.shape[2:], weight_shape[2:], stride, padding, dilation)]
+    return (x.shape[0], weight_shape[0], *spatial)
 
 
 def _update_running_stats(bn, mean, var, count):
@@ -420,6 +427,10 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
         y = _convolution(x, weight, conv_args)
         return BiasActFunction.apply(y, bias, residual, relu, backend)
     weight, bias = _folded(conv, bn)
+    if _triton_convolution_eligible(x, weight, conv_args, backend):
+        choice = _inference_convolution_choice(x, weight, bias, residual, conv_args, relu)
+        if choice != "vendor":
+            return _triton_convolution(x, weight, bias, residual, conv_args, relu, choice)
     _, _, h, w = _output_shape(x, conv)
     if _runs_channels_last(x, weight, conv_args, residual, output_positions=h * w):
         # the epilogue writes NCHW from the channels_last output, reading the residual as is
@@ -428,6 +439,102 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
     y = _convolution(x, weight, conv_args)
     ops.channel_affine_act_(y, None, bias, residual, relu, backend)
     return y
+
+
+# The inference convolution on the Triton backend (CUDA): per key of _convolution_key, the
+# implementation measured fastest for it: "vendor" (ATen's convolution, then the epilogue
+# kernel over its output) or the index of a configuration of the Triton convolution with
+# the epilogue fused (fastcnn.kernels.triton.conv.CONFIGS).
+_convolution_choices = {}
+# Set by force_inference_convolution: "vendor", a CONFIGS index, or None (measure).
+_forced_convolution = None
+
+
+@contextlib.contextmanager
+def force_inference_convolution(choice):
+    """Within the block, eligible inference calls on the Triton backend run `choice` (see
+    _convolution_choices) instead of the measured choice: for tests, and for timing."""
+    global _forced_convolution
+    previous, _forced_convolution = _forced_convolution, choice
+    try:
+        yield
+    finally:
+        _forced_convolution = previous
+
+
+def _triton_convolution_eligible(x, weight, conv_args, backend):
+    """Whether the Triton convolution can run this inference call: the Triton backend, a
+    dtype that tl.dot takes, one group; not while torch.compile traces (the graph keeps
+    ATen's convolution there). On a CPU tensor (Triton's interpreter) only when forced."""
+    return (backend == "triton" and conv_args[3] == 1
+            and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and (x.is_cuda or _forced_convolution is not None)
+            and not torch.compiler.is_compiling())
+
+
+def _convolution_key(x, weight, residual, conv_args, relu):
+    return (x.device, x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape), weight.stride(),
+            conv_args, None if residual is None else residual.stride(), relu)
+
+
+def _inference_convolution_choice(x, weight, bias, residual, conv_args, relu):
+    if _forced_convolution is not None:
+        return _forced_convolution
+    key = _convolution_key(x, weight, residual, conv_args, relu)
+    choice = _convolution_choices.get(key)
+    if choice is None:
+        choice = _measure_inference_convolutions(x, weight, bias, residual, conv_args, relu)
+        _convolution_choices[key] = choice
+    return choice
+
+
+def _measure_inference_convolutions(x, weight, bias, residual, conv_args, relu):
+    """The fastest of the vendor's convolution + epilogue and each Triton configuration on
+    these very tensors (each timed after a first, compiling, call)."""
+    from triton.runtime.errors import OutOfResources
+
+    from fastcnn.kernels.triton import conv as triton_conv
+
+    def vendor():
+        y = _convolution(x, weight, conv_args)
+        ops.channel_affine_act_(y, None, bias, residual, relu, "triton")
+
+    candidates = {"vendor": vendor}
+    for index in range(len(triton_conv.CONFIGS)):
+        candidates[index] = (lambda i: lambda: _triton_convolution(
+            x, weight, bias, residual, conv_args, relu, i))(index)
+    times = {}
+    for choice, run in candidates.items():
+        try:
+            times[choice] = _time_ms(run, x.device)
+        except OutOfResources:  # a configuration too big for this GPU: not chosen
+            pass
+    return min(times, key=times.get)
+
+
+def _time_ms(run, device, repeats=5):
+    """Milliseconds per call of run() on a CUDA device, after one call not timed."""
+    run()
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def _triton_convolution(x, weight, bias, residual, conv_args, relu, config_index):
+    """act(conv2d(x, weight) + bias (+ residual)) by the Triton kernel, in x's layout."""
+    from fastcnn.kernels.triton import conv as triton_conv
+
+    stride, padding, dilation, _ = conv_args
+    output = torch.empty(_convolution_output_shape(x, weight.shape, conv_args), dtype=x.dtype,
+                         device=x.device, memory_format=_layout_of(x) or torch.contiguous_format)
+    triton_conv.conv2d_bias_act(x, weight, bias, residual, output, stride, padding, dilation,
+                                relu, triton_conv.CONFIGS[config_index])
+    return output
 
 
 def _training(x, conv, bn, relu, residual, conv_args, backend):

@@ -311,8 +311,8 @@ def test_convert_layout_copies_exactly(backend_device, shape, dtype):
     flat[::7] = float("nan")
     flat[1::11] = float("inf")
     flat[2::13] = -0.0
-    for channels_last, source in ((True, x), (False, x.contiguous(memory_format=torch.channels_last)),
-                                  (True, x.transpose(2, 3))):
+    x_channels_last = x.contiguous(memory_format=torch.channels_last)
+    for channels_last, source in ((True, x), (False, x_channels_last), (True, x.transpose(2, 3))):
         out = fastcnn.ops.convert_layout(source, channels_last, backend)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         assert out.is_contiguous(memory_format=layout) and out.data_ptr() != source.data_ptr()
@@ -346,6 +346,115 @@ def test_channel_affine_act_from_channels_last_to_nchw(backend_device, shape, re
         expected = torch.relu(expected)
     torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6, equal_nan=True)
     assert torch.equal(out.isnan(), expected.isnan())
+
+
+TRITON_CONVOLUTION_CASES = ["3x3", "1x1", "stride-2", "dilation-2", "conv-bias", "no-affine",
+                            "asymmetric"]
+
+
+def _triton_devices():
+    """The devices the Triton backend runs on here: CUDA, and the CPU through Triton's
+    interpreter."""
+    devices = ["cuda"] if torch.cuda.is_available() else []
+    return devices + (["cpu"] if backends.TRITON_INTERPRET else [])
+
+
+@pytest.fixture(params=_triton_devices())
+def triton_device(request):
+    """The Triton backend on each device it runs on (the Triton convolution is its own)."""
+    status = backends.info()["backends"]["triton"]
+    if not status["available"]:
+        pytest.fail(f"the triton backend is not available: {status['reason']}")
+    with fastcnn.use_backend("triton"):
+        yield request.param
+
+
+@pytest.mark.parametrize("config", [0, 2], ids=["config-0", "config-2"])
+@pytest.mark.parametrize("relu, with_residual", [(True, True), (False, False)])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", TRITON_CONVOLUTION_CASES)
+def test_triton_convolution_matches_eager(triton_device, case, channels_last, relu,
+                                          with_residual, config):
+    """The Triton implicit-GEMM convolution with the epilogue fused (inference without
+    autograd) against eager in float64: the input's layout kept, the residual read in
+    either layout."""
+    backend, device = "triton", triton_device
+    conv_kwargs, shape = CASES[case]
+    conv, bn = make_modules(**conv_kwargs, dtype=torch.float32, device=device)
+    conv.eval(), bn.eval()
+    x = randn(*shape, device=device, channels_last=channels_last)
+    residual = None
+    with torch.no_grad():
+        ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+        expected = eager(x.double(), ref_conv, ref_bn, relu)
+        if with_residual:
+            residual = randn(*expected.shape, device=device, channels_last=not channels_last)
+            expected = eager(x.double(), ref_conv, ref_bn, relu, residual.double())
+        with conv_bn_relu_impl.force_inference_convolution(config):
+            z = conv_bn_relu(x, conv, bn, relu, residual)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert z.dtype == torch.float32 and z.is_contiguous(memory_format=layout)
+    assert_close_to_reference(z, expected, torch.float32, backend, device, convolution=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_triton_convolution_low_precision(triton_device, dtype, channels_last):
+    """float16 and bfloat16 products accumulated in float32, against float64."""
+    backend, device = "triton", triton_device
+    conv, bn = make_modules(8, 24, 3, padding=1, bias=True, dtype=dtype, device=device)
+    conv.eval(), bn.eval()
+    x = randn(2, 8, 6, 7, dtype=dtype, device=device, channels_last=channels_last)
+    residual = randn(2, 24, 6, 7, dtype=dtype, device=device)
+    with torch.no_grad():
+        ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+        expected = eager(x.double(), ref_conv, ref_bn, True, residual.double())
+        with conv_bn_relu_impl.force_inference_convolution(1):
+            z = conv_bn_relu(x, conv, bn, True, residual)
+    assert z.dtype == dtype
+    assert_close_to_reference(z, expected, dtype, backend, device, convolution=True)
+
+
+def test_inference_convolution_is_chosen_by_measurement_once_per_shape(triton_device,
+                                                                       monkeypatch):
+    """On the Triton backend each inference shape times the vendor's convolution and every
+    Triton configuration once, runs the fastest, and remembers it; grouped convolutions
+    are not eligible."""
+    backend, device = "triton", triton_device
+    monkeypatch.setattr(conv_bn_relu_impl, "_convolution_choices", {})
+    monkeypatch.setattr(conv_bn_relu_impl, "_triton_convolution_eligible",
+                        lambda x, weight, conv_args, backend: conv_args[3] == 1)
+    from fastcnn.kernels.triton.conv import CONFIGS
+    # measured in this order: the vendor's, then configurations 0, 1, ...; 1 is fastest
+    fake_ms = [3.0] + [1.0 if i == 1 else 10.0 + i for i in range(len(CONFIGS))]
+    timed, ran = [], []
+
+    def fake_time(run, device):
+        run()
+        timed.append(run)
+        return fake_ms[(len(timed) - 1) % len(fake_ms)]
+
+    monkeypatch.setattr(conv_bn_relu_impl, "_time_ms", fake_time)
+    real = conv_bn_relu_impl._triton_convolution
+    monkeypatch.setattr(conv_bn_relu_impl, "_triton_convolution",
+                        lambda *args: ran.append(args[-1]) or real(*args))
+    conv, bn = make_modules(4, 6, 3, padding=1, dtype=torch.float32, device=device)
+    conv.eval(), bn.eval()
+    with torch.no_grad():
+        for shape in ((2, 4, 5, 6), (2, 4, 5, 6), (1, 4, 3, 3)):
+            x = randn(*shape, device=device)
+            ran.clear()
+            z = conv_bn_relu(x, conv, bn)
+            assert ran[-1] == 1  # the fastest
+            assert_close_to_reference(z, eager(x, conv, bn), torch.float32, backend, device,
+                                      convolution=True)
+        assert len(timed) == 2 * len(fake_ms)  # two shapes, each measured once
+        assert len(conv_bn_relu_impl._convolution_choices) == 2
+        grouped, grouped_bn = make_modules(4, 6, 3, padding=1, groups=2, dtype=torch.float32,
+                                           device=device)
+        ran.clear()
+        conv_bn_relu(randn(2, 4, 5, 6, device=device), grouped.eval(), grouped_bn.eval())
+        assert ran == [] and len(timed) == 2 * len(fake_ms)
 
 
 def test_mixed_layouts(backend_device):
