@@ -412,7 +412,7 @@ def test_triton_convolution_low_precision(triton_device, dtype, channels_last):
         with conv_bn_relu_impl.force_inference_convolution(1):
             z = conv_bn_relu(x, conv, bn, True, residual)
     assert z.dtype == dtype
-    assert_close_to_reference(z, expected, dtype, backend, device, convolution=True)
+    _assert_close_in_low_precision(z, expected, dtype)
 
 
 def test_inference_convolution_is_chosen_by_measurement_once_per_shape(triton_device,
@@ -466,6 +466,17 @@ def test_mixed_layouts(backend_device):
     check_against_eager(x, conv, bn, True, residual, backend=backend, device=device)
 
 
+def _assert_close_in_low_precision(actual, expected, dtype):
+    """A float16/bfloat16 convolution's output against float64. Its rounding error scales
+    with the terms it sums (the folded weights are rounded to the dtype too), not with the
+    output, which cancellation can make much smaller than they are: each element may be
+    off by the dtype's relative tolerance of the tensor's largest value."""
+    rtol = tolerance(dtype)["rtol"]
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), equal_nan=True,
+                               rtol=rtol, atol=rtol * scale)
+
+
 # Low precision against float64: BatchNorm divides by the batch's standard deviation, so
 # the convolution's rounding is held to the tolerance of its dtype, on unit-scale values.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -488,7 +499,12 @@ def test_low_precision_against_float64(backend_device, dtype, channels_last, tra
     z, dx, dw, dgamma, dbeta, dr = ours[0]
     z_ref, dx_ref, dw_ref, dgamma_ref, dbeta_ref, dr_ref = theirs[0]
     assert z.dtype == dtype
-    for a, b in ((z, z_ref), (dr, dr_ref), *zip(stats, ref_stats)):
+    for a, b in ((z, z_ref), (dr, dr_ref)):
+        if dtype == torch.float32:
+            assert_close_to_reference(a, b, dtype, backend, device, convolution=True)
+        else:
+            _assert_close_in_low_precision(a, b, dtype)
+    for a, b in zip(stats, ref_stats):
         assert_close_to_reference(a, b, dtype, backend, device, convolution=True)
     # gradients that sum over the batch: relative to their largest entry
     for a, b in ((dx, dx_ref), (dw, dw_ref), (dgamma, dgamma_ref), (dbeta, dbeta_ref)):
