@@ -93,12 +93,12 @@ def _runs_channels_last(x, weight, conv_args, residual, output_positions=None):
     channels_last, and in backward copies of the incoming gradient and of the input's
     gradient, all transposed by blocks in registers (about 1.2-1.7x the time of a plain
     copy of the tensor); a training step of that layer gained about 20% over NCHW in our
-    runs (paired medians). Training keeps NCHW for residual layers (backward would need
+    runs (medians of interleaved samples). Training keeps NCHW for residual layers (backward would need
     their residual in channels_last too).
 
     Inference (no autograd) has no backward to gain from; its forward with the copies
     was 17-20% faster than NCHW for 3x3 convolutions at 28 and 14 pixels (128 to 512
-    channels), 0-20% for 64 channels at 56 and 9% for the stem, but 5-13% slower for 3x3
+    channels), 0-20% for 64 channels at 56 and 9% for the stem, but 3-13% slower for 3x3
     convolutions of 256 or 512 channels with 7x7 outputs, hence the output size limit;
     the epilogue reads an NCHW residual as it is.
 
