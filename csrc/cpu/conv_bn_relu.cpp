@@ -24,7 +24,9 @@
 // data still in L1/L2 (the second also corrects the first's rounded mean: the corrected
 // two-pass algorithm), and the runs are merged in float64 (Chan et al., 1979).
 #include <algorithm>
+#include <cstring>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -43,8 +45,9 @@ namespace {
 // Lanes per run along a channel row (NCHW): the run is swept twice by the statistics, so
 // it should stay in L1.
 constexpr int64_t kRunLength = 4096;
-// Values per block of positions in the channels_last tiling (a block is swept twice).
-constexpr int64_t kBlockValues = 8192;
+// Values per block of positions in the channels_last reductions: the statistics sweep a
+// block twice, from L2 (128 KB of float32), and merge their float64 moments once per block.
+constexpr int64_t kBlockValues = 32768;
 
 struct Extent {
   int64_t n, c, s;
@@ -156,64 +159,248 @@ FASTCNN_TARGET_CLONES void deviation_sums_lanes(Lanes<const scalar_t> y, int64_t
   sum_d2 = s2;
 }
 
-// Per-lane sums over one position of a channels_last block: sum[i] += y[i] (kDeviations
-// false), or sum[i] += d and sum2[i] += d^2 with d = y[i] - shift[i].
-template <bool kDeviations, typename scalar_t, typename T>
-FASTCNN_TARGET_CLONES void accumulate_lanes(Lanes<const scalar_t> y, const T* shift,
-                                            T* __restrict sum, T* __restrict sum2, int64_t n) {
-  for_lanes(y.stride == 1, n, [&](int64_t i, int64_t one) {
-    const T v = static_cast<T>(y.data[i * (one ? 1 : y.stride)]);
-    if constexpr (kDeviations) {
-      const T d = v - shift[i];
-      sum[i] += d;
-      sum2[i] += d * d;
-    } else {
-      sum[i] += v;
-    }
-  });
+// The channels_last reductions walk a block of positions once per chunk of kChunk
+// channels (a 64-byte line of float32), keeping that chunk's sums in vector registers;
+// a function call and a load and store of every sum per position cost more than the
+// arithmetic. kWidth is the chunk's width where known at compile time (kChunk), or 0 for
+// the last, narrower chunk; kUnit says its channels are adjacent in memory.
+constexpr int64_t kChunk = 16;
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define FASTCNN_HAS_CHUNK_VECTORS 1
+// The inline helpers below take and return vectors by value; they are always inlined
+// into the clones, so the ABI note GCC gives for the baseline clone does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+// kChunk values of T as one value, which GCC keeps in registers across a loop (it does
+// not for arrays) and lowers to the clone's vectors (one zmm of float32 with AVX-512).
+template <typename T>
+struct ChunkVector {
+  typedef T type __attribute__((vector_size(kChunk * sizeof(T))));
+};
+template <typename T>
+using Chunk = typename ChunkVector<T>::type;
+
+// kChunk adjacent values, converted to T.
+template <typename T, typename scalar_t>
+FASTCNN_INLINE Chunk<T> load_chunk(const scalar_t* p) {
+  Chunk<T> v;
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    std::memcpy(&v, p, sizeof v);
+  } else {
+    T values[kChunk];
+    for (int64_t j = 0; j < kChunk; ++j) values[j] = static_cast<T>(p[j]);
+    std::memcpy(&v, values, sizeof v);
+  }
+  return v;
 }
 
-// The masked gradient dz of the lanes, and its sums: sum_dz += dz, sum_dz_dy += dz (y - mean).
-template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
+template <typename T>
+FASTCNN_INLINE void store_chunk(T* p, const Chunk<T>& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// act(y * scale + shift (+ r)) == 0 where act is ReLU: the mask of pre_activation's value
+// (the same operations in the same order), NaN passing as torch.relu passes it.
+template <typename T>
+FASTCNN_INLINE Chunk<T> masked_gradient(const Chunk<T>& v, const Chunk<T>& g, bool relu) {
+  const Chunk<T> zero = {};
+  return relu ? (v <= zero ? zero : g) : g;
+}
+#else
+#define FASTCNN_HAS_CHUNK_VECTORS 0
+#endif
+
+// sum[j] = the sum over the block's positions of channel j (kDeviations false), or, with
+// d = value - shift[j], sum[j] = the sum of d and sum2[j] that of d^2.
+template <int64_t kWidth, bool kUnit, bool kDeviations, typename scalar_t, typename T>
+FASTCNN_INLINE void chunk_sums(Lanes<const scalar_t> y, int64_t positions, int64_t width,
+                               const T* shift, T* sum, T* sum2) {
+#if FASTCNN_HAS_CHUNK_VECTORS
+  if constexpr (kWidth == kChunk && kUnit) {
+    Chunk<T> s = {}, s2 = {}, m = {};
+    if constexpr (kDeviations) m = load_chunk<T>(shift);
+    for (int64_t p = 0; p < positions; ++p) {
+      const Chunk<T> v = load_chunk<T>(y.data + p * y.step);
+      if constexpr (kDeviations) {
+        const Chunk<T> d = v - m;
+        s += d;
+        s2 += d * d;
+      } else {
+        s += v;
+      }
+    }
+    store_chunk<T>(sum, s);
+    if constexpr (kDeviations) store_chunk<T>(sum2, s2);
+    return;
+  }
+#endif
+  const int64_t w = kWidth > 0 ? kWidth : width, sc = kUnit ? 1 : y.stride;
+  T s[kChunk] = {}, s2[kChunk] = {}, m[kChunk] = {};
+  if constexpr (kDeviations) {
+    for (int64_t j = 0; j < w; ++j) m[j] = shift[j];
+  }
+  for (int64_t p = 0; p < positions; ++p) {
+    const scalar_t* row = y.data + p * y.step;
+    for (int64_t j = 0; j < w; ++j) {
+      const T v = static_cast<T>(row[j * sc]);
+      if constexpr (kDeviations) {
+        const T d = v - m[j];
+        s[j] += d;
+        s2[j] += d * d;
+      } else {
+        s[j] += v;
+      }
+    }
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    sum[j] = s[j];
+    if constexpr (kDeviations) sum2[j] = s2[j];
+  }
+}
+
+// The lanes of a chunk: channels from c on.
+template <typename scalar_t>
+FASTCNN_INLINE Lanes<const scalar_t> from_channel(Lanes<const scalar_t> t, int64_t c) {
+  return {t.data ? t.data + c * t.stride : nullptr, t.stride, t.step};
+}
+
+// chunk_sums over all `channels` channels of a block of positions (y.step apart). (No
+// lambdas here: one that GCC does not inline is compiled for the baseline ISA, not the
+// clone's.)
+template <bool kDeviations, typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void block_sums(Lanes<const scalar_t> y, int64_t positions,
+                                      int64_t channels, const T* shift, T* sum, T* sum2) {
+  int64_t c = 0;
+  if (y.stride == 1) {
+    for (; c + kChunk <= channels; c += kChunk) {
+      chunk_sums<kChunk, true, kDeviations>(from_channel(y, c), positions, kChunk,
+                                            kDeviations ? shift + c : nullptr, sum + c,
+                                            kDeviations ? sum2 + c : nullptr);
+    }
+    if (c < channels) {
+      chunk_sums<0, true, kDeviations>(from_channel(y, c), positions, channels - c,
+                                       kDeviations ? shift + c : nullptr, sum + c,
+                                       kDeviations ? sum2 + c : nullptr);
+    }
+    return;
+  }
+  for (; c < channels; c += kChunk) {
+    chunk_sums<0, false, kDeviations>(from_channel(y, c), positions,
+                                      std::min(kChunk, channels - c),
+                                      kDeviations ? shift + c : nullptr, sum + c,
+                                      kDeviations ? sum2 + c : nullptr);
+  }
+}
+
+// The masked gradient dz of a run of one channel's lanes, and its sums: sum_dz = sum dz,
+// sum_dz_dy = sum dz (y - mean).
+template <bool kResidual, typename scalar_t, typename T>
 FASTCNN_TARGET_CLONES void backward_reduce_lanes(Lanes<const scalar_t> g, Lanes<const scalar_t> y,
                                                  Lanes<const scalar_t> r, const T* scale,
                                                  const T* shift, const T* mean, bool relu,
-                                                 T* __restrict sum_dz, T* __restrict sum_dz_dy,
-                                                 int64_t n) {
+                                                 T& sum_dz, T& sum_dz_dy, int64_t n) {
   const bool unit = g.stride == 1 && y.stride == 1 && (!kResidual || r.stride == 1);
-  if constexpr (kPerLane) {
-    for_lanes(unit, n, [&](int64_t i, int64_t one) {
-      const int64_t sg = one ? 1 : g.stride, sy = one ? 1 : y.stride, sr = one ? 1 : r.stride;
-      const T v = pre_activation<true, kResidual>(y.data, r.data, i, sy, sr, scale, shift);
-      const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(g.data[i * sg]);
-      sum_dz[i] += dz;
-      sum_dz_dy[i] += dz * (static_cast<T>(y.data[i * sy]) - mean[i]);
-    });
-  } else {
-    T a = 0, b = 0;
-    const T m = mean[0];
-    // (dz, dz (y - mean)) of lane i
-    const auto terms = [&](int64_t i, int64_t sg, int64_t sy, int64_t sr) {
-      const T v = pre_activation<false, kResidual>(y.data, r.data, i, sy, sr, scale, shift);
-      const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(g.data[i * sg]);
-      return std::pair<T, T>{dz, dz * (static_cast<T>(y.data[i * sy]) - m)};
-    };
-    if (unit) {
+  T a = 0, b = 0;
+  const T m = mean[0];
+  // (dz, dz (y - mean)) of lane i
+  const auto terms = [&](int64_t i, int64_t sg, int64_t sy, int64_t sr) {
+    const T v = pre_activation<false, kResidual>(y.data, r.data, i, sy, sr, scale, shift);
+    const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(g.data[i * sg]);
+    return std::pair<T, T>{dz, dz * (static_cast<T>(y.data[i * sy]) - m)};
+  };
+  if (unit) {
 #pragma omp simd reduction(+ : a, b)
-      for (int64_t i = 0; i < n; ++i) {
-        const auto [da, db] = terms(i, 1, 1, 1);
-        a += da;
-        b += db;
-      }
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        const auto [da, db] = terms(i, g.stride, y.stride, r.stride);
-        a += da;
-        b += db;
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      const auto [da, db] = terms(i, 1, 1, 1);
+      a += da;
+      b += db;
     }
-    sum_dz[0] += a;
-    sum_dz_dy[0] += b;
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const auto [da, db] = terms(i, g.stride, y.stride, r.stride);
+      a += da;
+      b += db;
+    }
+  }
+  sum_dz = a;
+  sum_dz_dy = b;
+}
+
+// The same sums for each channel of a chunk (see chunk_sums) over a block of positions,
+// added to sum_dz[j] and sum_dz_dy[j].
+template <int64_t kWidth, bool kUnit, bool kResidual, typename scalar_t, typename T>
+FASTCNN_INLINE void chunk_backward_sums(Lanes<const scalar_t> g, Lanes<const scalar_t> y,
+                                        Lanes<const scalar_t> r, int64_t positions,
+                                        int64_t width, const T* scale, const T* shift,
+                                        const T* mean, bool relu, T* sum_dz, T* sum_dz_dy) {
+#if FASTCNN_HAS_CHUNK_VECTORS
+  if constexpr (kWidth == kChunk && kUnit) {
+    Chunk<T> a = {}, b = {};
+    const Chunk<T> sc = load_chunk<T>(scale), sh = load_chunk<T>(shift), mu = load_chunk<T>(mean);
+    for (int64_t p = 0; p < positions; ++p) {
+      const Chunk<T> yv = load_chunk<T>(y.data + p * y.step);
+      Chunk<T> v = yv * sc + sh;
+      if constexpr (kResidual) v += load_chunk<T>(r.data + p * r.step);
+      const Chunk<T> dz = masked_gradient<T>(v, load_chunk<T>(g.data + p * g.step), relu);
+      a += dz;
+      b += dz * (yv - mu);
+    }
+    store_chunk<T>(sum_dz, load_chunk<T>(sum_dz) + a);
+    store_chunk<T>(sum_dz_dy, load_chunk<T>(sum_dz_dy) + b);
+    return;
+  }
+#endif
+  const int64_t w = kWidth > 0 ? kWidth : width;
+  const int64_t sg = kUnit ? 1 : g.stride, sy = kUnit ? 1 : y.stride, sr = kUnit ? 1 : r.stride;
+  T a[kChunk] = {}, b[kChunk] = {}, sc[kChunk] = {}, sh[kChunk] = {}, mu[kChunk] = {};
+  for (int64_t j = 0; j < w; ++j) {
+    sc[j] = scale[j];
+    sh[j] = shift[j];
+    mu[j] = mean[j];
+  }
+  for (int64_t p = 0; p < positions; ++p) {
+    const scalar_t* gp = g.data + p * g.step;
+    const scalar_t* yp = y.data + p * y.step;
+    const scalar_t* rp = kResidual ? r.data + p * r.step : nullptr;
+    for (int64_t j = 0; j < w; ++j) {
+      const T v = pre_activation<true, kResidual>(yp, rp, j, sy, sr, sc, sh);
+      const T dz = relu && v <= T(0) ? T(0) : static_cast<T>(gp[j * sg]);
+      a[j] += dz;
+      b[j] += dz * (static_cast<T>(yp[j * sy]) - mu[j]);
+    }
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    sum_dz[j] += a[j];
+    sum_dz_dy[j] += b[j];
+  }
+}
+
+// chunk_backward_sums over all `channels` channels of a block of positions.
+template <bool kResidual, typename scalar_t, typename T>
+FASTCNN_TARGET_CLONES void block_backward_sums(Lanes<const scalar_t> g, Lanes<const scalar_t> y,
+                                               Lanes<const scalar_t> r, int64_t positions,
+                                               int64_t channels, const T* scale, const T* shift,
+                                               const T* mean, bool relu, T* sum_dz,
+                                               T* sum_dz_dy) {
+  int64_t c = 0;
+  if (g.stride == 1 && y.stride == 1 && (!kResidual || r.stride == 1)) {
+    for (; c + kChunk <= channels; c += kChunk) {
+      chunk_backward_sums<kChunk, true, kResidual>(
+          from_channel(g, c), from_channel(y, c), from_channel(r, c), positions, kChunk,
+          scale + c, shift + c, mean + c, relu, sum_dz + c, sum_dz_dy + c);
+    }
+    if (c < channels) {
+      chunk_backward_sums<0, true, kResidual>(
+          from_channel(g, c), from_channel(y, c), from_channel(r, c), positions, channels - c,
+          scale + c, shift + c, mean + c, relu, sum_dz + c, sum_dz_dy + c);
+    }
+    return;
+  }
+  for (; c < channels; c += kChunk) {
+    chunk_backward_sums<0, false, kResidual>(
+        from_channel(g, c), from_channel(y, c), from_channel(r, c), positions,
+        std::min(kChunk, channels - c), scale + c, shift + c, mean + c, relu, sum_dz + c,
+        sum_dz_dy + c);
   }
 }
 
@@ -377,30 +564,21 @@ template <typename scalar_t>
 void batch_norm_stats_pixels(const ChannelView<const scalar_t>& y, const Extent& e,
                              std::vector<Moments>& out) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t positions = e.n * e.s;
+  // blocks of positions of one image, ~kBlockValues values each
   const int64_t block = std::max<int64_t>(1, kBlockValues / e.c);
-  const int64_t blocks = (positions + block - 1) / block;
+  const int64_t blocks = (e.s + block - 1) / block;
   std::vector<std::vector<Moments>> partial(4 * at::get_num_threads());
-  const int64_t tasks = for_each_task(blocks, [&](int64_t t, int64_t b, int64_t en) {
+  const int64_t tasks = for_each_task(e.n * blocks, [&](int64_t t, int64_t b, int64_t en) {
     std::vector<Moments> acc(e.c);
     std::vector<T> sum(e.c), rough_mean(e.c), sum_d(e.c), sum_d2(e.c);
     for (int64_t index = b; index < en; ++index) {
-      const int64_t first = index * block, last = std::min(positions, first + block);
-      std::fill(sum.begin(), sum.end(), T(0));
-      std::fill(sum_d.begin(), sum_d.end(), T(0));
-      std::fill(sum_d2.begin(), sum_d2.end(), T(0));
-      for (int64_t p = first; p < last; ++p) {
-        accumulate_lanes<false>(Lanes<const scalar_t>{y.at(p / e.s, 0, p % e.s), y.stride_c},
-                                static_cast<const T*>(nullptr), sum.data(),
-                                static_cast<T*>(nullptr), e.c);
-      }
-      const T count = static_cast<T>(last - first);
-      for (int64_t c = 0; c < e.c; ++c) rough_mean[c] = sum[c] / count;
-      for (int64_t p = first; p < last; ++p) {
-        accumulate_lanes<true>(Lanes<const scalar_t>{y.at(p / e.s, 0, p % e.s), y.stride_c},
-                               static_cast<const T*>(rough_mean.data()), sum_d.data(),
-                               sum_d2.data(), e.c);
-      }
+      const int64_t s = index % blocks * block, count = std::min(block, e.s - s);
+      const Lanes<const scalar_t> lanes{y.at(index / blocks, 0, s), y.stride_c, y.stride_s};
+      block_sums<false>(lanes, count, e.c, static_cast<const T*>(nullptr), sum.data(),
+                        static_cast<T*>(nullptr));
+      for (int64_t c = 0; c < e.c; ++c) rough_mean[c] = sum[c] / static_cast<T>(count);
+      block_sums<true>(lanes, count, e.c, static_cast<const T*>(rough_mean.data()),
+                       sum_d.data(), sum_d2.data());
       for (int64_t c = 0; c < e.c; ++c) {
         acc[c].merge_deviations(static_cast<double>(count), static_cast<double>(rough_mean[c]),
                                 sum_d[c], sum_d2[c]);
@@ -416,7 +594,8 @@ void batch_norm_stats_pixels(const ChannelView<const scalar_t>& y, const Extent&
   }
 }
 
-// Sums over runs in parallel, one partial per task, added in task order in float64.
+// Sums over runs (rows tiling) or blocks of positions (pixels tiling) in parallel, one
+// partial per task, added in task order in float64.
 template <bool kResidual, typename scalar_t>
 void backward_reduce(const ChannelView<const scalar_t>& g, const ChannelView<const scalar_t>& y,
                      const ChannelView<const scalar_t>& r, const Extent& e, bool pixels,
@@ -424,48 +603,40 @@ void backward_reduce(const ChannelView<const scalar_t>& g, const ChannelView<con
                      const at::opmath_type<scalar_t>* mean, bool relu, std::vector<double>& sum_dz,
                      std::vector<double>& sum_dz_dy) {
   using T = at::opmath_type<scalar_t>;
-  // rows tiling: items are (c, n, piece); pixels tiling: items are positions
+  // rows tiling: items are (c, n, piece); pixels tiling: blocks of ~kBlockValues values of
+  // one image, whose float sums are added to the float64 ones block by block
   const int64_t pieces = (e.s + kRunLength - 1) / kRunLength;
-  const int64_t items = pixels ? e.n * e.s : e.c * e.n * pieces;
+  const int64_t block = std::max<int64_t>(1, kBlockValues / e.c);
+  const int64_t blocks = (e.s + block - 1) / block;
+  const int64_t items = pixels ? e.n * blocks : e.c * e.n * pieces;
   std::vector<std::vector<double>> partial(4 * at::get_num_threads());
   const int64_t tasks = for_each_task(items, [&](int64_t t, int64_t b, int64_t en) {
     std::vector<double> acc(2 * e.c, 0.0);
-    std::vector<T> a(e.c, T(0)), bsum(e.c, T(0));
-    // float sums are flushed to float64 every so many values per channel
-    const int64_t flush_every = pixels ? std::max<int64_t>(1, kBlockValues / e.c) : 1;
-    int64_t pending = 0;
-    const auto flush = [&] {
-      for (int64_t c = 0; c < e.c; ++c) {
-        acc[c] += a[c];
-        acc[e.c + c] += bsum[c];
-        a[c] = bsum[c] = T(0);
-      }
-      pending = 0;
-    };
+    std::vector<T> da(pixels ? e.c : 0), db(pixels ? e.c : 0);
     for (int64_t item = b; item < en; ++item) {
-      Run run{};
       if (pixels) {
-        run = Run{item / e.s, 0, item % e.s, e.c};
-      } else {
-        const int64_t s = item % pieces * kRunLength;
-        run = Run{item / pieces % e.n, item / (e.n * pieces), s, std::min(kRunLength, e.s - s)};
+        const int64_t n = item / blocks, s = item % blocks * block;
+        const Run run{n, 0, s, e.c};
+        std::fill(da.begin(), da.end(), T(0));
+        std::fill(db.begin(), db.end(), T(0));
+        block_backward_sums<kResidual>(lanes_of(g, run, true), lanes_of(y, run, true),
+                                       lanes_of(r, run, true), std::min(block, e.s - s), e.c,
+                                       scale, shift, mean, relu, da.data(), db.data());
+        for (int64_t c = 0; c < e.c; ++c) {
+          acc[c] += da[c];
+          acc[e.c + c] += db[c];
+        }
+        continue;
       }
-      const int64_t c = run.c;
-      if (pixels) {
-        backward_reduce_lanes<true, kResidual>(lanes_of(g, run, true), lanes_of(y, run, true),
-                                               lanes_of(r, run, true), scale, shift, mean, relu,
-                                               a.data(), bsum.data(), run.length);
-        if (++pending == flush_every) flush();
-      } else {
-        T da = 0, db = 0;
-        backward_reduce_lanes<false, kResidual>(lanes_of(g, run, false), lanes_of(y, run, false),
-                                                lanes_of(r, run, false), scale + c, shift + c,
-                                                mean + c, relu, &da, &db, run.length);
-        acc[c] += da;
-        acc[e.c + c] += db;
-      }
+      const int64_t s = item % pieces * kRunLength;
+      const Run run{item / pieces % e.n, item / (e.n * pieces), s, std::min(kRunLength, e.s - s)};
+      T a, bsum;
+      backward_reduce_lanes<kResidual>(lanes_of(g, run, false), lanes_of(y, run, false),
+                                       lanes_of(r, run, false), scale + run.c, shift + run.c,
+                                       mean + run.c, relu, a, bsum, run.length);
+      acc[run.c] += a;
+      acc[e.c + run.c] += bsum;
     }
-    if (pixels) flush();
     partial[t] = std::move(acc);
   });
   for (int64_t t = 0; t < tasks; ++t) {

@@ -565,6 +565,44 @@ def test_kernels_read_and_write_any_strides(backend_device, layout):
         assert_close_to_reference(ours, expected, torch.float64, backend, device)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels", [16, 37, 64])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["", "residual"])
+def test_channels_last_reductions_against_float64(backend_device, dtype, channels,
+                                                  with_residual):
+    """The reductions (batch statistics, backward sums) over channels_last (N, C, S) views,
+    whose channels the C++ kernels take 16 at a time (whole chunks, then a narrower last
+    one), against the reference kernels on the same values in float64. The backward sums
+    are compared divided by their count, as the means they stand for."""
+    backend, device = backend_device
+    n, s = 3, 50
+
+    def channels_last():
+        return randn(n, s, channels, dtype=dtype, device=device).transpose(1, 2)
+
+    tensors = [channels_last(), channels_last(), channels_last() if with_residual else None]
+    # scale, shift, mean, invstd of the backward
+    vectors = [torch.rand(channels, dtype=torch.float64) + 0.5,
+               torch.randn(channels, dtype=torch.float64),
+               torch.randn(channels, dtype=torch.float64),
+               torch.rand(channels, dtype=torch.float64) + 0.5]
+    results = {}
+    for name, to in ((backend, dtype), ("reference", torch.float64)):
+        y, grad, residual = (None if t is None else t.to(to) for t in tensors)
+        opmath = torch.float64 if to == torch.float64 else torch.float32
+        scale, shift, mean, invstd = (v.to(device=device, dtype=opmath) for v in vectors)
+        kernels = backends.kernels(name)
+        batch_mean, batch_var, sum_dz, sum_dz_xhat = (
+            torch.empty(channels, dtype=opmath, device=device) for _ in range(4))
+        kernels.batch_norm_stats(y, batch_mean, batch_var)
+        kernels.batch_norm_act_backward_reduce(grad, y, residual, scale, shift, mean, invstd,
+                                               sum_dz, sum_dz_xhat, True)
+        results[name] = (batch_mean, batch_var, sum_dz / (n * s), sum_dz_xhat / (n * s))
+    accumulation = torch.float64 if dtype == torch.float64 else torch.float32
+    for ours, expected in zip(results[backend], results["reference"]):
+        assert_close_to_reference(ours, expected, accumulation, backend, device)
+
+
 # Strides that fit in 32 bits (so Triton types them int32) times indices that do not.
 @pytest.mark.parametrize("shape, strides", [((3, 2, 3), (2**30 + 3, 4, 1)),
                                             ((1, 3, 3), (3 * (2**30 + 3), 2**30 + 3, 1))],
