@@ -34,7 +34,8 @@ def table(path):
     lines = [
         f"**{env['device']}** — torch {env['torch']}, triton {env['triton']}, "
         f"fastcnn {env['fastcnn']} ({env.get('commit') or 'no commit recorded'}), "
-        f"{env['date']} (`{path.relative_to(ROOT)}`)",
+        f"{env['date']} (`{path.relative_to(ROOT)}`)"
+        + (f"; {env['allocator']}" if env.get("allocator") else ""),
         "",
         "| op | layer | input | layout | pass | fastcnn ms | eager ms | compile ms "
         "| vs eager | vs compile | GB/s (of copy) |",

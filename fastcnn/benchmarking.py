@@ -9,7 +9,9 @@ fraction of a device-to-device copy of the same bytes, measured in the same run.
 import dataclasses
 import functools
 import math
+import os
 import pathlib
+import platform
 import statistics
 import subprocess
 import time
@@ -338,6 +340,24 @@ def _source_revision():
     return result.stdout.strip() or None
 
 
+# Settings of the C allocator that change CPU timings: glibc's malloc gives tensors above
+# its mmap threshold (at most 32 MB unless set) fresh pages from the kernel on every
+# allocation, and page faults on them can cost more than the op; these variables (or
+# another malloc preloaded) keep freed memory for reuse instead.
+_ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES",
+                        "LD_PRELOAD")
+
+
+def allocator():
+    """The host allocator the CPU timings ran with: the C library, and the variables of
+    _ALLOCATOR_VARIABLES that are set."""
+    library, version = platform.libc_ver()
+    settings = [f"{name}={os.environ[name]}" for name in _ALLOCATOR_VARIABLES
+                if os.environ.get(name)]
+    name = f"{library} {version}".strip() or "unknown C library"
+    return f"{name} malloc, " + (", ".join(settings) if settings else "default settings")
+
+
 def environment(device):
     """What the numbers were measured on."""
     info = fastcnn.backends.info()
@@ -350,6 +370,7 @@ def environment(device):
         "torch": info["torch"],
         "triton": info["triton"],
         "python": info["python"],
+        "allocator": allocator() if device.type == "cpu" else None,
         "date": time.strftime("%Y-%m-%d"),
     }
 

@@ -50,6 +50,8 @@ def _bench(args):
     print(f"fastcnn bench on {env['device']} (torch {env['torch']}, triton {env['triton']}); "
           f"median of {args.repeats} runs each, float32, batch {batch}"
           f"{'; quick subset (--full for all)' if quick else ''}", flush=True)
+    if env["allocator"]:
+        print(f"allocator: {env['allocator']}", flush=True)
     log = (lambda message: print(f"  timing {message}", file=sys.stderr, flush=True)) \
         if args.verbose else None
     results = benchmarking.run(case_list, device, implementations, args.repeats, log)

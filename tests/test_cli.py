@@ -40,6 +40,7 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     assert "vs eager" in result.stdout
     data = json.loads(path.read_text())
     assert data["environment"]["torch"]
+    assert data["environment"]["allocator"] == benchmarking.allocator()
     rows = data["results"]
     # on CPU, by default, each op's quick cases
     assert {(r["op"], r["layer"], r["mode"]) for r in rows} == {
@@ -56,6 +57,7 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     spec.loader.exec_module(report)
     report.ROOT = tmp_path
     table = report.table(path)
+    assert data["environment"]["allocator"] in table.splitlines()[0]
     assert "| lrn | alexnet.conv1 | 1x96x55x55 | NCHW | forward |" in table
     assert "| conv_bn_relu | resnet50.layer1.0.conv2 | 1x64x56x56 | NCHW | forward |" in table
 
@@ -75,3 +77,14 @@ def test_bad_arguments_exit_with_a_message():
     result = fastcnn("bench", "--ops", "softmax")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_allocator_names_the_settings_that_change_cpu_timings(monkeypatch):
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES",
+                 "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    assert benchmarking.allocator().endswith("malloc, default settings")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1000000000")
+    monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
+    assert benchmarking.allocator().endswith(
+        "malloc, MALLOC_MMAP_THRESHOLD_=1000000000, LD_PRELOAD=libjemalloc.so.2")
