@@ -123,36 +123,49 @@ FASTCNN_TARGET_CLONES void affine_act_lanes(Lanes<const scalar_t> y_run, Lanes<c
   }
 }
 
-// The sum of the lanes, and (below) the sum of their squared deviations from a mean.
+// The sum of the n lanes of `runs` runs, and (below) the sum of their squared deviations
+// from a mean.
 template <typename scalar_t, typename T>
-FASTCNN_TARGET_CLONES void sum_lanes(Lanes<const scalar_t> y, int64_t n, T& sum) {
+FASTCNN_TARGET_CLONES void sum_lanes(Lanes<const scalar_t> y_run, int64_t n, int64_t runs,
+                                     T& sum) {
   T s = 0;
-  if (y.stride == 1) {
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; ++i) s += static_cast<T>(y.data[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) s += static_cast<T>(y.data[i * y.stride]);
+  for (int64_t run = 0; run < runs; ++run) {
+    const auto y = y_run.next(run);
+    if (y.stride == 1) {
+      T run_s = 0;  // a run's own sum, as the simd reduction's only variable
+#pragma omp simd reduction(+ : run_s)
+      for (int64_t i = 0; i < n; ++i) run_s += static_cast<T>(y.data[i]);
+      s += run_s;
+    } else {
+      for (int64_t i = 0; i < n; ++i) s += static_cast<T>(y.data[i * y.stride]);
+    }
   }
   sum = s;
 }
 
 // The sums of the lanes' deviations from `shift` and of their squares.
 template <typename scalar_t, typename T>
-FASTCNN_TARGET_CLONES void deviation_sums_lanes(Lanes<const scalar_t> y, int64_t n, T shift,
-                                                T& sum_d, T& sum_d2) {
+FASTCNN_TARGET_CLONES void deviation_sums_lanes(Lanes<const scalar_t> y_run, int64_t n,
+                                                int64_t runs, T shift, T& sum_d, T& sum_d2) {
   T s = 0, s2 = 0;
-  if (y.stride == 1) {
-#pragma omp simd reduction(+ : s, s2)
-    for (int64_t i = 0; i < n; ++i) {
-      const T d = static_cast<T>(y.data[i]) - shift;
-      s += d;
-      s2 += d * d;
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      const T d = static_cast<T>(y.data[i * y.stride]) - shift;
-      s += d;
-      s2 += d * d;
+  for (int64_t run = 0; run < runs; ++run) {
+    const auto y = y_run.next(run);
+    if (y.stride == 1) {
+      T run_s = 0, run_s2 = 0;  // a run's own sums, as the simd reduction's only variables
+#pragma omp simd reduction(+ : run_s, run_s2)
+      for (int64_t i = 0; i < n; ++i) {
+        const T d = static_cast<T>(y.data[i]) - shift;
+        run_s += d;
+        run_s2 += d * d;
+      }
+      s += run_s;
+      s2 += run_s2;
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        const T d = static_cast<T>(y.data[i * y.stride]) - shift;
+        s += d;
+        s2 += d * d;
+      }
     }
   }
   sum_d = s;
@@ -456,8 +469,8 @@ bool use_pixel_tiles(const at::Tensor& y) {
 }
 
 // A run of lanes: positions [s, s + length) of channel c of image n (rows tiling), or
-// channels [0, C) of position s of image n (pixels tiling); `count` runs of the latter, at
-// positions s, s + 1, ..., make a block.
+// channels [0, C) of position s of image n (pixels tiling). A block is `count` runs: the
+// same positions of images n, n + 1, ... (rows), or positions s, s + 1, ... (pixels).
 struct Run {
   int64_t n, c, s, length;
   int64_t count = 1;
@@ -465,8 +478,31 @@ struct Run {
 
 template <typename scalar_t>
 Lanes<scalar_t> lanes_of(const ChannelView<scalar_t>& v, const Run& run, bool pixels) {
-  return {v.at(run.n, run.c, run.s), pixels ? v.stride_c : v.stride_s, v.stride_s};
+  return {v.at(run.n, run.c, run.s), pixels ? v.stride_c : v.stride_s,
+          pixels ? v.stride_s : v.stride_n};
 }
+
+// The work items of the rows tiling, in the order (channel, group of images, piece of a
+// row): rows of up to kRunLength positions, and rows shorter than that several images at
+// a time (the channel's row in each), so that an item holds about kRunLength values
+// however small the feature map (a call per 7x7 row cost more than its arithmetic).
+struct RowItems {
+  int64_t images, groups, pieces;
+
+  explicit RowItems(const Extent& e)
+      : images(std::clamp<int64_t>(kRunLength / std::max<int64_t>(e.s, 1), 1,
+                                   std::max<int64_t>(e.n, 1))),
+        groups((e.n + images - 1) / images),
+        pieces((e.s + kRunLength - 1) / kRunLength) {}
+
+  int64_t count(const Extent& e) const { return e.c * groups * pieces; }
+
+  Run operator()(const Extent& e, int64_t item) const {
+    const int64_t n = item / pieces % groups * images, s = item % pieces * kRunLength;
+    return Run{n, item / (pieces * groups), s, std::min(kRunLength, e.s - s),
+               std::min(images, e.n - n)};
+  }
+};
 
 // Calls visit(run) for runs (blocks of runs, in the pixels tiling) covering the extent, in
 // parallel.
@@ -484,13 +520,9 @@ void for_each_run(const Extent& e, bool pixels, F visit) {
     });
     return;
   }
-  const int64_t pieces = (e.s + kRunLength - 1) / kRunLength;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::min(e.s, kRunLength));
-  at::parallel_for(0, e.n * e.c * pieces, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t row = t / pieces, s = t % pieces * kRunLength;
-      visit(Run{row / e.c, row % e.c, s, std::min(kRunLength, e.s - s)});
-    }
+  const RowItems items(e);
+  at::parallel_for(0, items.count(e), 4, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) visit(items(e, t));
   });
 }
 
@@ -534,21 +566,21 @@ template <typename scalar_t>
 void batch_norm_stats_rows(const ChannelView<const scalar_t>& y, const Extent& e,
                            std::vector<Moments>& out) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t pieces = (e.s + kRunLength - 1) / kRunLength;
+  const RowItems items(e);
   std::vector<std::vector<Moments>> partial(4 * at::get_num_threads());
-  // work items are (c, n, piece) in that order, so a task's runs share few channels
-  const int64_t tasks = for_each_task(e.c * e.n * pieces, [&](int64_t t, int64_t b, int64_t en) {
+  // items are channel-major, so a task's runs share few channels
+  const int64_t tasks = for_each_task(items.count(e), [&](int64_t t, int64_t b, int64_t en) {
     std::vector<Moments> acc(e.c);
     for (int64_t item = b; item < en; ++item) {
-      const int64_t c = item / (e.n * pieces), n = item / pieces % e.n;
-      const int64_t s = item % pieces * kRunLength, w = std::min(kRunLength, e.s - s);
-      const Lanes<const scalar_t> lanes{y.at(n, c, s), y.stride_s};
+      const Run run = items(e, item);
+      const Lanes<const scalar_t> lanes = lanes_of(y, run, false);
+      const int64_t values = run.length * run.count;
       T sum, sum_d, sum_d2;
-      sum_lanes(lanes, w, sum);
-      const T rough_mean = sum / static_cast<T>(w);
-      deviation_sums_lanes(lanes, w, rough_mean, sum_d, sum_d2);
-      acc[c].merge_deviations(static_cast<double>(w), static_cast<double>(rough_mean), sum_d,
-                              sum_d2);
+      sum_lanes(lanes, run.length, run.count, sum);
+      const T rough_mean = sum / static_cast<T>(values);
+      deviation_sums_lanes(lanes, run.length, run.count, rough_mean, sum_d, sum_d2);
+      acc[run.c].merge_deviations(static_cast<double>(values), static_cast<double>(rough_mean),
+                                  sum_d, sum_d2);
     }
     partial[t] = std::move(acc);
   });
@@ -603,12 +635,12 @@ void backward_reduce(const ChannelView<const scalar_t>& g, const ChannelView<con
                      const at::opmath_type<scalar_t>* mean, bool relu, std::vector<double>& sum_dz,
                      std::vector<double>& sum_dz_dy) {
   using T = at::opmath_type<scalar_t>;
-  // rows tiling: items are (c, n, piece); pixels tiling: blocks of ~kBlockValues values of
-  // one image, whose float sums are added to the float64 ones block by block
-  const int64_t pieces = (e.s + kRunLength - 1) / kRunLength;
+  // rows tiling: RowItems; pixels tiling: blocks of ~kBlockValues values of one image,
+  // whose float sums are added to the float64 ones block by block
+  const RowItems rows(e);
   const int64_t block = std::max<int64_t>(1, kBlockValues / e.c);
   const int64_t blocks = (e.s + block - 1) / block;
-  const int64_t items = pixels ? e.n * blocks : e.c * e.n * pieces;
+  const int64_t items = pixels ? e.n * blocks : rows.count(e);
   std::vector<std::vector<double>> partial(4 * at::get_num_threads());
   const int64_t tasks = for_each_task(items, [&](int64_t t, int64_t b, int64_t en) {
     std::vector<double> acc(2 * e.c, 0.0);
@@ -628,14 +660,19 @@ void backward_reduce(const ChannelView<const scalar_t>& g, const ChannelView<con
         }
         continue;
       }
-      const int64_t s = item % pieces * kRunLength;
-      const Run run{item / pieces % e.n, item / (e.n * pieces), s, std::min(kRunLength, e.s - s)};
-      T a, bsum;
-      backward_reduce_lanes<kResidual>(lanes_of(g, run, false), lanes_of(y, run, false),
-                                       lanes_of(r, run, false), scale + run.c, shift + run.c,
-                                       mean + run.c, relu, a, bsum, run.length);
-      acc[run.c] += a;
-      acc[e.c + run.c] += bsum;
+      const Run run = rows(e, item);
+      const auto g_run = lanes_of(g, run, false), y_run = lanes_of(y, run, false);
+      const auto r_run = lanes_of(r, run, false);
+      for (int64_t i = 0; i < run.count; ++i) {
+        // one call per image's row: with this loop moved inside it, GCC 12 compiled
+        // backward_reduce_lanes' masked reduction to scalar code (12x slower)
+        T a, bsum;
+        backward_reduce_lanes<kResidual>(g_run.next(i), y_run.next(i), r_run.next(i),
+                                         scale + run.c, shift + run.c, mean + run.c, relu, a,
+                                         bsum, run.length);
+        acc[run.c] += a;
+        acc[e.c + run.c] += bsum;
+      }
     }
     partial[t] = std::move(acc);
   });
