@@ -19,8 +19,8 @@
 // memory: runs of positions of one channel (NCHW), or the channels of one position
 // (channels_last). Other strides work too, with strided loads and stores.
 //
-// The statistics are numerically stable: each run (a piece of a channel row, or a block of
-// positions) gets its own mean and sum of squared deviations from it, in two sweeps over
+// The statistics are numerically stable: each work item (pieces of a channel's row in one
+// or more images, or a block of positions of one image) gets its own mean and sum of squared deviations from it, in two sweeps over
 // data still in L1/L2 (the second also corrects the first's rounded mean: the corrected
 // two-pass algorithm), and the runs are merged in float64 (Chan et al., 1979).
 #include <algorithm>
@@ -55,8 +55,8 @@ struct Extent {
 };
 
 // A tensor's view along the lanes of one run: its first element, the stride between lanes
-// and the step from one run to the next of a block (the pixels tiling hands a kernel several
-// positions at a time).
+// and the step from one run to the next of a block (a kernel may be handed several runs:
+// positions of one image in the pixels tiling, images in the rows tiling).
 template <typename scalar_t>
 struct Lanes {
   scalar_t* data;
@@ -90,7 +90,7 @@ FASTCNN_INLINE T pre_activation(const scalar_t* y, const scalar_t* r, int64_t i,
   return v;
 }
 
-// Runs body(i, sy, sr, so) over n lanes: vectorised with unit strides when every tensor's
+// Runs body(i, one) over n lanes (one: 1 where the strides are all 1, else 0): vectorised with unit strides when every tensor's
 // lanes are contiguous (lanes are independent, and an output is either disjoint from the
 // inputs or the very same elements), a plain strided loop otherwise.
 template <typename F>
@@ -175,8 +175,9 @@ FASTCNN_TARGET_CLONES void deviation_sums_lanes(Lanes<const scalar_t> y_run, int
 // The channels_last reductions walk a block of positions once per chunk of kChunk
 // channels (a 64-byte line of float32), keeping that chunk's sums in vector registers;
 // a function call and a load and store of every sum per position cost more than the
-// arithmetic. kWidth is the chunk's width where known at compile time (kChunk), or 0 for
-// the last, narrower chunk; kUnit says its channels are adjacent in memory.
+// arithmetic. kWidth is the chunk's width where known at compile time (kChunk, for the
+// whole chunks of adjacent channels), or 0 where it is given at run time (a last, narrower
+// chunk; any chunk of strided channels); kUnit says its channels are adjacent in memory.
 constexpr int64_t kChunk = 16;
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -521,9 +522,18 @@ void for_each_run(const Extent& e, bool pixels, F visit) {
     return;
   }
   const RowItems items(e);
-  at::parallel_for(0, items.count(e), 4, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / (items.images * std::min(e.s, kRunLength)));
+  at::parallel_for(0, items.count(e), grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) visit(items(e, t));
   });
+}
+
+// Positions per block of the channels_last reductions: ~kBlockValues values, fewer where
+// that would leave fewer than a few blocks per thread (one 7x7 image of 512 channels).
+int64_t pixel_block(const Extent& e) {
+  const int64_t wanted = 4 * at::get_num_threads();
+  return std::max<int64_t>(1, std::min(kBlockValues / std::max<int64_t>(e.c, 1),
+                                       (e.n * e.s + wanted - 1) / wanted));
 }
 
 // Splits `items` work items into at most a few tasks per thread and calls
@@ -596,8 +606,8 @@ template <typename scalar_t>
 void batch_norm_stats_pixels(const ChannelView<const scalar_t>& y, const Extent& e,
                              std::vector<Moments>& out) {
   using T = at::opmath_type<scalar_t>;
-  // blocks of positions of one image, ~kBlockValues values each
-  const int64_t block = std::max<int64_t>(1, kBlockValues / e.c);
+  // blocks of positions of one image
+  const int64_t block = pixel_block(e);
   const int64_t blocks = (e.s + block - 1) / block;
   std::vector<std::vector<Moments>> partial(4 * at::get_num_threads());
   const int64_t tasks = for_each_task(e.n * blocks, [&](int64_t t, int64_t b, int64_t en) {
@@ -635,10 +645,10 @@ void backward_reduce(const ChannelView<const scalar_t>& g, const ChannelView<con
                      const at::opmath_type<scalar_t>* mean, bool relu, std::vector<double>& sum_dz,
                      std::vector<double>& sum_dz_dy) {
   using T = at::opmath_type<scalar_t>;
-  // rows tiling: RowItems; pixels tiling: blocks of ~kBlockValues values of one image,
+  // rows tiling: RowItems; pixels tiling: blocks of positions of one image (pixel_block),
   // whose float sums are added to the float64 ones block by block
   const RowItems rows(e);
-  const int64_t block = std::max<int64_t>(1, kBlockValues / e.c);
+  const int64_t block = pixel_block(e);
   const int64_t blocks = (e.s + block - 1) / block;
   const int64_t items = pixels ? e.n * blocks : rows.count(e);
   std::vector<std::vector<double>> partial(4 * at::get_num_threads());

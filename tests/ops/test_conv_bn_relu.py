@@ -565,42 +565,67 @@ def test_kernels_read_and_write_any_strides(backend_device, layout):
         assert_close_to_reference(ours, expected, torch.float64, backend, device)
 
 
+# (N, C, S) views of the C++ kernels' work splits: channels_last ones, whose channels the
+# reductions take 16 at a time (whole chunks, then a narrower last one) over blocks of
+# positions of one image (one, or several per image), and NCHW ones of short rows, which
+# are taken several images at a time (a last, smaller group of images included).
+TILINGS = {
+    "channels-last-16": (True, (3, 16, 50)),
+    "channels-last-37": (True, (3, 37, 50)),
+    "channels-last-64": (True, (3, 64, 50)),
+    "channels-last-blocks": (True, (2, 64, 1000)),
+    "nchw-image-groups": (False, (100, 8, 49)),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("channels", [16, 37, 64])
+@pytest.mark.parametrize("tiling", TILINGS.values(), ids=TILINGS.keys())
 @pytest.mark.parametrize("with_residual", [False, True], ids=["", "residual"])
-def test_channels_last_reductions_against_float64(backend_device, dtype, channels,
-                                                  with_residual):
-    """The reductions (batch statistics, backward sums) over channels_last (N, C, S) views,
-    whose channels the C++ kernels take 16 at a time (whole chunks, then a narrower last
-    one), against the reference kernels on the same values in float64. The backward sums
-    are compared divided by their count, as the means they stand for."""
+def test_passes_against_float64(backend_device, dtype, tiling, with_residual):
+    """Every pass (batch statistics, affine + ReLU, backward sums, backward) on the views of
+    TILINGS against the reference kernels on the same values in float64. The backward sums
+    are compared divided by their count, as the means they stand for. A NaN in the
+    residual makes its value before the ReLU NaN, whose gradient passes as torch.relu's."""
     backend, device = backend_device
-    n, s = 3, 50
+    channels_last, (n, c, s) = tiling
 
-    def channels_last():
-        return randn(n, s, channels, dtype=dtype, device=device).transpose(1, 2)
+    def feature_map():
+        if channels_last:
+            return randn(n, s, c, dtype=dtype, device=device).transpose(1, 2)
+        return randn(n, c, s, dtype=dtype, device=device)
 
-    tensors = [channels_last(), channels_last(), channels_last() if with_residual else None]
-    # scale, shift, mean, invstd of the backward
-    vectors = [torch.rand(channels, dtype=torch.float64) + 0.5,
-               torch.randn(channels, dtype=torch.float64),
-               torch.randn(channels, dtype=torch.float64),
-               torch.rand(channels, dtype=torch.float64) + 0.5]
+    tensors = [feature_map(), feature_map(), feature_map() if with_residual else None]
+    if with_residual:
+        tensors[2][1, c - 1, s // 2] = float("nan")
+    # scale, shift, mean, invstd, and the backward's sum_dz, sum_dz_xhat
+    vectors = [torch.rand(c, dtype=torch.float64) + 0.5, torch.randn(c, dtype=torch.float64),
+               torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5,
+               torch.randn(c, dtype=torch.float64) * n * s,
+               torch.randn(c, dtype=torch.float64) * n * s]
     results = {}
-    for name, to in ((backend, dtype), ("reference", torch.float64)):
+    for side, name, to in (("ours", backend, dtype), ("expected", "reference", torch.float64)):
         y, grad, residual = (None if t is None else t.to(to) for t in tensors)
         opmath = torch.float64 if to == torch.float64 else torch.float32
-        scale, shift, mean, invstd = (v.to(device=device, dtype=opmath) for v in vectors)
+        scale, shift, mean, invstd, sum_dz, sum_dz_xhat = (
+            v.to(device=device, dtype=opmath) for v in vectors)
         kernels = backends.kernels(name)
-        batch_mean, batch_var, sum_dz, sum_dz_xhat = (
-            torch.empty(channels, dtype=opmath, device=device) for _ in range(4))
+        batch_mean, batch_var, found_dz, found_dz_xhat = (
+            torch.empty(c, dtype=opmath, device=device) for _ in range(4))
+        out, dy, dr = (torch.empty_like(y) for _ in range(3))
         kernels.batch_norm_stats(y, batch_mean, batch_var)
+        kernels.channel_affine_act(y, scale, shift, residual, out, True)
         kernels.batch_norm_act_backward_reduce(grad, y, residual, scale, shift, mean, invstd,
-                                               sum_dz, sum_dz_xhat, True)
-        results[name] = (batch_mean, batch_var, sum_dz / (n * s), sum_dz_xhat / (n * s))
+                                               found_dz, found_dz_xhat, True)
+        kernels.batch_norm_act_backward(grad, y, residual, scale, shift, mean, invstd, sum_dz,
+                                        sum_dz_xhat, dy, dr if with_residual else None, True)
+        results[side] = ((batch_mean, batch_var, found_dz / (n * s), found_dz_xhat / (n * s)),
+                         (out, dy) + ((dr,) if with_residual else ()))
     accumulation = torch.float64 if dtype == torch.float64 else torch.float32
-    for ours, expected in zip(results[backend], results["reference"]):
+    for ours, expected in zip(results["ours"][0], results["expected"][0]):
         assert_close_to_reference(ours, expected, accumulation, backend, device)
+    for ours, expected in zip(results["ours"][1], results["expected"][1]):
+        assert ours.dtype == dtype
+        assert_close_to_reference(ours, expected, dtype, backend, device)
 
 
 # Strides that fit in 32 bits (so Triton types them int32) times indices that do not.
