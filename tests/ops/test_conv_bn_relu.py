@@ -167,19 +167,26 @@ def test_channels_last_matches_eager_and_keeps_its_layout(backend_device, train)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_pointwise_convolution_keeps_nchw(train):
-    """A 1x1 convolution of an NCHW float32 tensor runs as a GEMM over x's memory; its
-    output and gradients are laid out as eager's."""
+def test_pointwise_convolution_keeps_nchw(train, monkeypatch):
+    """A 1x1 convolution of an NCHW float32 tensor runs as a GEMM over x's memory where
+    gradients are wanted, and as ATen's convolution in inference; its output and gradients
+    are laid out as eager's."""
     conv, bn = make_modules(8, 6, 1, dtype=torch.float32)
     bn.train(train)
     x = randn(2, 8, 5, 7)
     check_against_eager(x, conv, bn, train=train)
+    products = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *args: products.append(1) or bmm(*args))
     x.requires_grad_()
     z = conv_bn_relu(x, conv, bn)
     z.backward(randn(*z.shape))
+    assert products  # forward and backward
     assert z.is_contiguous() and x.grad.is_contiguous() and conv.weight.grad.is_contiguous()
+    products.clear()
     with torch.no_grad():
         assert conv_bn_relu(x, conv, bn).is_contiguous()
+    assert bool(products) == train  # inference (eval mode, no grad): ATen's convolution
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last-route", "as-given"])
@@ -238,8 +245,8 @@ def _inference_routes(monkeypatch):
     inference calls from here on."""
     routes = []
     real = conv_bn_relu_impl._convolution
-    monkeypatch.setattr(conv_bn_relu_impl, "_convolution", lambda x, *args: routes.append(
-        not x.is_contiguous()) or real(x, *args))
+    monkeypatch.setattr(conv_bn_relu_impl, "_convolution", lambda x, *args, **kwargs: (
+        routes.append(not x.is_contiguous()) or real(x, *args, **kwargs)))
     return routes
 
 
