@@ -36,6 +36,7 @@
 #include <ATen/Parallel.h>
 
 #include "../common.h"
+#include "chunk.h"
 #include "ops.h"
 #include "transpose.h"
 
@@ -178,41 +179,8 @@ FASTCNN_TARGET_CLONES void deviation_sums_lanes(Lanes<const scalar_t> y_run, int
 // arithmetic. kWidth is the chunk's width where known at compile time (kChunk, for the
 // whole chunks of adjacent channels), or 0 where it is given at run time (a last, narrower
 // chunk; any chunk of strided channels); kUnit says its channels are adjacent in memory.
-constexpr int64_t kChunk = 16;
 
-#if defined(__GNUC__) && !defined(__clang__)
-#define FASTCNN_HAS_CHUNK_VECTORS 1
-// The inline helpers below take and return vectors by value; they are always inlined
-// into the clones, so the ABI note GCC gives for the baseline clone does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-// kChunk values of T as one value, which GCC keeps in registers across a loop (it does
-// not for arrays) and lowers to the clone's vectors (one zmm of float32 with AVX-512).
-template <typename T>
-struct ChunkVector {
-  typedef T type __attribute__((vector_size(kChunk * sizeof(T))));
-};
-template <typename T>
-using Chunk = typename ChunkVector<T>::type;
-
-// kChunk adjacent values, converted to T.
-template <typename T, typename scalar_t>
-FASTCNN_INLINE Chunk<T> load_chunk(const scalar_t* p) {
-  Chunk<T> v;
-  if constexpr (std::is_same_v<T, scalar_t>) {
-    std::memcpy(&v, p, sizeof v);
-  } else {
-    T values[kChunk];
-    for (int64_t j = 0; j < kChunk; ++j) values[j] = static_cast<T>(p[j]);
-    std::memcpy(&v, values, sizeof v);
-  }
-  return v;
-}
-
-template <typename T>
-FASTCNN_INLINE void store_chunk(T* p, const Chunk<T>& v) {
-  std::memcpy(p, &v, sizeof v);
-}
-
+#if FASTCNN_HAS_CHUNK_VECTORS
 // act(y * scale + shift (+ r)) == 0 where act is ReLU: the mask of pre_activation's value
 // (the same operations in the same order), NaN passing as torch.relu passes it.
 template <typename T>
@@ -220,8 +188,6 @@ FASTCNN_INLINE Chunk<T> masked_gradient(const Chunk<T>& v, const Chunk<T>& g, bo
   const Chunk<T> zero = {};
   return relu ? (v <= zero ? zero : g) : g;
 }
-#else
-#define FASTCNN_HAS_CHUNK_VECTORS 0
 #endif
 
 // sum[j] = the sum over the block's positions of channel j (kDeviations false), or, with
