@@ -41,10 +41,11 @@ def _is_pointwise_gemm(x, weight, conv_args):
     faulted in 77 MB of fresh pages per call under glibc's default malloc (which maps
     blocks over 32 MB anew each time) and took 26 ms against the GEMMs' 9-12 ms; where the
     allocator kept freed memory (MALLOC_MMAP_THRESHOLD_ raised) it took 7.8 ms against
-    9.5. In the benchmarks' interleaved runs of ResNet-50's layer1 1x1 layers, the GEMMs'
-    training steps were 1.8-2.2x eager's speed under glibc's defaults against 1.0-1.5x
-    with ATen's convolution, and 0.9-1.3x against 1.05-1.5x where memory was kept; their
-    inference 0.9x eager's in both for 256->64 in a long run (eager's convolution did not
+    9.5. In interleaved runs of training steps of ResNet-50's layer1 1x1 layers (256->64,
+    and 64->256 with the residual), the GEMMs reached 2.2x and 1.9x eager's speed under
+    glibc's defaults against 1.0x and 1.5x with ATen's convolution, and 0.96x and 1.1x
+    where memory was kept against 1.08x and 1.25x. Their inference was 0.9x eager's for
+    256->64 in the full benchmark runs under either allocator (eager's convolution did not
     fault there), 2.6x in a run of that layer alone. Choosing by a probe of the allocator
     (the page faults of writing a freed 64 MB block again) was tried and dropped: with
     freed memory kept, the block was faulted in anew in some runs and not in others on
