@@ -20,11 +20,11 @@
 // (channels_last). Other strides work too, with strided loads and stores.
 //
 // The statistics are numerically stable: each work item (pieces of a channel's row in one
-// or more images, or a block of positions of one image) gets its own mean and sum of squared deviations from it, in two sweeps over
-// data still in L1/L2 (the second also corrects the first's rounded mean: the corrected
-// two-pass algorithm), and the runs are merged in float64 (Chan et al., 1979).
+// or more images, or a block of positions of one image) gets its own mean and sum of
+// squared deviations from it, in two sweeps over data still in L1/L2 (the second also
+// corrects the first's rounded mean: the corrected two-pass algorithm), and the items are
+// merged in float64 (Chan et al., 1979).
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -91,9 +91,10 @@ FASTCNN_INLINE T pre_activation(const scalar_t* y, const scalar_t* r, int64_t i,
   return v;
 }
 
-// Runs body(i, one) over n lanes (one: 1 where the strides are all 1, else 0): vectorised with unit strides when every tensor's
-// lanes are contiguous (lanes are independent, and an output is either disjoint from the
-// inputs or the very same elements), a plain strided loop otherwise.
+// Runs body(i, one) over n lanes (one: 1 where the strides are all 1, else 0): vectorised
+// with unit strides when every tensor's lanes are contiguous (lanes are independent, and
+// an output is either disjoint from the inputs or the very same elements), a plain strided
+// loop otherwise.
 template <typename F>
 FASTCNN_INLINE void for_lanes(bool unit, int64_t n, F body) {
   if (unit) {
@@ -173,13 +174,6 @@ FASTCNN_TARGET_CLONES void deviation_sums_lanes(Lanes<const scalar_t> y_run, int
   sum_d2 = s2;
 }
 
-// The channels_last reductions walk a block of positions once per chunk of kChunk
-// channels (a 64-byte line of float32), keeping that chunk's sums in vector registers;
-// a function call and a load and store of every sum per position cost more than the
-// arithmetic. kWidth is the chunk's width where known at compile time (kChunk, for the
-// whole chunks of adjacent channels), or 0 where it is given at run time (a last, narrower
-// chunk; any chunk of strided channels); kUnit says its channels are adjacent in memory.
-
 #if FASTCNN_HAS_CHUNK_VECTORS
 // act(y * scale + shift (+ r)) == 0 where act is ReLU: the mask of pre_activation's value
 // (the same operations in the same order), NaN passing as torch.relu passes it.
@@ -189,6 +183,13 @@ FASTCNN_INLINE Chunk<T> masked_gradient(const Chunk<T>& v, const Chunk<T>& g, bo
   return relu ? (v <= zero ? zero : g) : g;
 }
 #endif
+
+// The channels_last reductions walk a block of positions once per chunk of kChunk
+// channels (a 64-byte line of float32), keeping that chunk's sums in vector registers;
+// a function call and a load and store of every sum per position cost more than the
+// arithmetic. kWidth is the chunk's width where known at compile time (kChunk, for the
+// whole chunks of adjacent channels), or 0 where it is given at run time (a last, narrower
+// chunk; any chunk of strided channels); kUnit says its channels are adjacent in memory.
 
 // sum[j] = the sum over the block's positions of channel j (kDeviations false), or, with
 // d = value - shift[j], sum[j] = the sum of d and sum2[j] that of d^2.
@@ -307,7 +308,7 @@ FASTCNN_TARGET_CLONES void backward_reduce_lanes(Lanes<const scalar_t> g, Lanes<
 }
 
 // The same sums for each channel of a chunk (see chunk_sums) over a block of positions,
-// added to sum_dz[j] and sum_dz_dy[j].
+// into sum_dz[j] and sum_dz_dy[j].
 template <int64_t kWidth, bool kUnit, bool kResidual, typename scalar_t, typename T>
 FASTCNN_INLINE void chunk_backward_sums(Lanes<const scalar_t> g, Lanes<const scalar_t> y,
                                         Lanes<const scalar_t> r, int64_t positions,
@@ -325,8 +326,8 @@ FASTCNN_INLINE void chunk_backward_sums(Lanes<const scalar_t> g, Lanes<const sca
       a += dz;
       b += dz * (yv - mu);
     }
-    store_chunk<T>(sum_dz, load_chunk<T>(sum_dz) + a);
-    store_chunk<T>(sum_dz_dy, load_chunk<T>(sum_dz_dy) + b);
+    store_chunk<T>(sum_dz, a);
+    store_chunk<T>(sum_dz_dy, b);
     return;
   }
 #endif
@@ -350,8 +351,8 @@ FASTCNN_INLINE void chunk_backward_sums(Lanes<const scalar_t> g, Lanes<const sca
     }
   }
   for (int64_t j = 0; j < w; ++j) {
-    sum_dz[j] += a[j];
-    sum_dz_dy[j] += b[j];
+    sum_dz[j] = a[j];
+    sum_dz_dy[j] = b[j];
   }
 }
 
@@ -625,8 +626,6 @@ void backward_reduce(const ChannelView<const scalar_t>& g, const ChannelView<con
       if (pixels) {
         const int64_t n = item / blocks, s = item % blocks * block;
         const Run run{n, 0, s, e.c};
-        std::fill(da.begin(), da.end(), T(0));
-        std::fill(db.begin(), db.end(), T(0));
         block_backward_sums<kResidual>(lanes_of(g, run, true), lanes_of(y, run, true),
                                        lanes_of(r, run, true), std::min(block, e.s - s), e.c,
                                        scale, shift, mean, relu, da.data(), db.data());

@@ -32,24 +32,24 @@ from fastcnn.ops.conv_bn_relu import stat_dtype
 def _is_pointwise_gemm(x, weight, conv_args):
     """Whether conv(x) runs as a batched matrix product in a training step: a 1x1
     convolution with stride 1, no padding and one group, on a contiguous (NCHW)
-    float32/float64 CPU tensor. (Inference keeps ATen's convolution there, followed by the
-    in-place epilogue: never slower than eager's, where the GEMMs' inference was 0.7-0.9x
-    eager's in the benchmark runs.) There it
-    is one GEMM per image over x's own memory, W (C_out, C_in) @ x[n] (C_in, H*W), which
-    allocates nothing but its output. oneDNN's NCHW convolution allocates buffers for
-    reordered operands in every call: for (16, 256, 56, 56) 256->64 on a 2-core EPYC it
-    faulted in 77 MB of fresh pages per call under glibc's default malloc (which maps
-    blocks over 32 MB anew each time) and took 26 ms against the GEMMs' 9-12 ms; where the
-    allocator kept freed memory (MALLOC_MMAP_THRESHOLD_ raised) it took 7.8 ms against
-    9.5. In interleaved runs of training steps of ResNet-50's layer1 1x1 layers (256->64,
-    and 64->256 with the residual), the GEMMs reached 2.2x and 1.9x eager's speed under
-    glibc's defaults against 1.0x and 1.5x with ATen's convolution, and 0.96x and 1.1x
-    where memory was kept against 1.08x and 1.25x. Their inference was 0.9x eager's for
-    256->64 in the full benchmark runs under either allocator (eager's convolution did not
-    fault there), 2.6x in a run of that layer alone. Choosing by a probe of the allocator
-    (the page faults of writing a freed 64 MB block again) was tried and dropped: with
-    freed memory kept, the block was faulted in anew in some runs and not in others on
-    these virtual machines. Channels_last and CUDA tensors keep ATen's convolution."""
+    float32/float64 CPU tensor. There it is one GEMM per image over x's own memory,
+    W (C_out, C_in) @ x[n] (C_in, H*W), which allocates nothing but its output, while
+    oneDNN's NCHW convolution allocates buffers for reordered operands in every call: for
+    (16, 256, 56, 56) 256->64 on a 2-core EPYC it faulted in 77 MB of fresh pages per call
+    under glibc's default malloc (which maps blocks over 32 MB anew each time) and took
+    26 ms against the GEMMs' 9-12 ms; where the allocator kept freed memory
+    (MALLOC_MMAP_THRESHOLD_ raised) it took 7.8 ms against 9.5.
+
+    In interleaved runs of training steps of ResNet-50's layer1 1x1 layers (256->64, and
+    64->256 with the residual), the GEMMs reached 2.2x and 1.9x eager's speed under glibc's
+    defaults against 1.0x and 1.5x with ATen's convolution, and 0.96x and 1.1x where memory
+    was kept against 1.08x and 1.25x. Their inference was 0.7-0.9x eager's for 256->64 in
+    the benchmark runs under either allocator (eager's convolution did not fault there),
+    so inference keeps ATen's convolution and the in-place epilogue, never slower than
+    eager's. Choosing by a probe of the allocator (the page faults of writing a freed 64 MB
+    block again) was tried and dropped: with freed memory kept, the block was faulted in
+    anew in some runs and not in others on these virtual machines. Channels_last and CUDA
+    tensors keep ATen's convolution."""
     stride, padding, _, groups = conv_args
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and weight.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
@@ -121,7 +121,8 @@ def _runs_channels_last(x, weight, conv_args, residual, output_positions=None):
     eager's for 3x3 convolutions at 56, 28, 14 and 7 pixels (NCHW: 0.97-1.24x), and its
     inference 1.1-1.4x at 56 to 14 pixels, level with NCHW at 7.
 
-    Neither takes the route for pointwise GEMMs, nor for whatever torch.compile traces.
+    Neither takes the route for 1x1 NCHW convolutions (_is_pointwise_gemm's), nor for
+    whatever torch.compile traces.
     (Timing each shape once instead of a rule was tried: one-off timings on a shared host
     were too noisy to choose by.)"""
     if (x.device.type != "cpu" or x.dtype != torch.float32
