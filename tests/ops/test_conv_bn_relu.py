@@ -255,13 +255,15 @@ def _inference_routes(monkeypatch):
 @pytest.mark.parametrize("case", ["3x3", "stride-2", "groups-2", "conv-bias", "depthwise"])
 def test_float32_inference_either_layout_route(backend_device, monkeypatch, case, with_residual,
                                                channels_last):
-    """An NCHW float32 CPU inference call (no autograd) runs its convolution on a
-    channels_last copy where that measured faster, and its epilogue writes the NCHW output
-    from the channels_last one (the C++ backend by blocks transposed in registers): the same
-    numbers either way, an NCHW output."""
+    """An NCHW float32 CPU inference call (no autograd) that takes no oneDNN post-ops (an
+    NCHW residual, or no oneDNN) runs its convolution on a channels_last copy where that
+    measured faster, and its epilogue writes the NCHW output from the channels_last one
+    (the C++ backend by blocks transposed in registers): the same numbers either way, an
+    NCHW output."""
     backend, device = backend_device
     if device != "cpu":
         pytest.skip("the route is for CPU convolutions")
+    monkeypatch.setattr(conv_bn_relu_impl, "_onednn_post_ops", None)  # as without oneDNN
     conv_kwargs, shape = CASES[case]
     conv, bn = make_modules(**conv_kwargs, dtype=torch.float32)
     conv.eval(), bn.eval()
@@ -283,26 +285,166 @@ def test_float32_inference_either_layout_route(backend_device, monkeypatch, case
     assert_close_to_reference(z, expected, torch.float32, backend, device, convolution=True)
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_inference_layout_route_rule(monkeypatch):
-    """Inference takes the channels_last route for NCHW float32 CPU inputs whose
-    convolution is no pointwise GEMM and whose output has at least 14 x 14 positions,
-    residual or not; not while autograd records (a frozen BatchNorm in a training net)."""
+    """Inference without oneDNN's post-ops takes the channels_last route for NCHW float32
+    CPU inputs whose convolution is no pointwise GEMM and whose output has at least 14 x 14
+    positions; not while autograd records (a frozen BatchNorm in a training net). With
+    oneDNN, NCHW residual calls take it by the same rule and the others run the post-ops."""
     routes = _inference_routes(monkeypatch)
     conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
     conv.eval(), bn.eval()
+    pointwise, pointwise_bn = make_modules(4, 6, 1, dtype=torch.float32)
+    pointwise.eval(), pointwise_bn.eval()
+
+    def calls(residual):
+        r = (lambda *shape: randn(*shape)) if residual else (lambda *shape: None)
+        with torch.no_grad():
+            conv_bn_relu(randn(2, 4, 14, 14), conv, bn, residual=r(2, 6, 14, 14))
+            conv_bn_relu(randn(2, 4, 13, 15), conv, bn, residual=r(2, 6, 13, 15))  # 195
+            conv_bn_relu(randn(2, 4, 14, 14, dtype=torch.float64), conv.double(), bn.double(),
+                         residual=None if r(1) is None else r(2, 6, 14, 14).double())
+            conv.float(), bn.float()
+            conv_bn_relu(randn(2, 4, 14, 14), pointwise, pointwise_bn,
+                         residual=r(2, 6, 14, 14))
+            with conv_bn_relu_impl.force_conv_layout(True):
+                conv_bn_relu(randn(2, 4, 5, 6), conv, bn, residual=r(2, 6, 5, 6))
+        conv_bn_relu(randn(2, 4, 14, 14).requires_grad_(), conv, bn, residual=r(2, 6, 14, 14))
+
+    calls(residual=True)
+    assert routes == [True, False, False, False, True, False]
+    routes.clear()
+    calls(residual=False)
+    assert routes == [False, False]  # float64, autograd; the others ran oneDNN's post-ops
+    routes.clear()
+    with monkeypatch.context() as without_onednn:
+        without_onednn.setattr(conv_bn_relu_impl, "_onednn_post_ops", None)
+        calls(residual=False)
+    assert routes == [True, False, False, False, True, False]
+    routes.clear()
+    with torch.backends.mkldnn.flags(enabled=False):
+        calls(residual=False)
+    assert routes == [True, False, False, False, True, False]
+
+
+class _PostOpSpy:
+    """Stands in for torch.ops.mkldnn._convolution_pointwise, recording each call as
+    ("unary" or "binary", whether the weight was oneDNN-packed)."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __call__(self, x, weight, *args):
+        self.calls.append(("unary", weight.is_mkldnn))
+        return self.real(x, weight, *args)
+
+    def binary(self, x, other, weight, *args):
+        self.calls.append(("binary", weight.is_mkldnn))
+        return self.real.binary(x, other, weight, *args)
+
+
+@pytest.fixture
+def post_ops(monkeypatch):
+    if conv_bn_relu_impl._onednn_post_ops is None or not torch.backends.mkldnn.is_available():
+        pytest.fail("this torch has no oneDNN convolution with post-ops")
+    spy = _PostOpSpy(conv_bn_relu_impl._onednn_post_ops)
+    monkeypatch.setattr(conv_bn_relu_impl, "_onednn_post_ops", spy)
+    return spy
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_onednn_post_ops_match_eager(post_ops, case, channels_last, with_residual, relu):
+    """float32 CPU inference by one oneDNN convolution whose post-ops add the folded bias
+    (and a channels_last residual) and apply the ReLU: eager's numbers in float64, in the
+    layout eager gives; an NCHW residual keeps the C++ epilogue."""
+    conv_kwargs, shape = case
+    conv, bn = make_modules(**conv_kwargs, dtype=torch.float32)
+    conv.eval(), bn.eval()
+    x = randn(*shape, channels_last=channels_last)
+    residual = None
     with torch.no_grad():
-        conv_bn_relu(randn(2, 4, 14, 14), conv, bn)
-        conv_bn_relu(randn(2, 4, 14, 14), conv, bn, residual=randn(2, 6, 14, 14))
-        conv_bn_relu(randn(2, 4, 13, 15), conv, bn)  # 195 positions
-        conv_bn_relu(randn(2, 4, 14, 14, channels_last=True), conv, bn)
-        conv_bn_relu(randn(2, 4, 14, 14, dtype=torch.float64), conv.double(), bn.double())
-        pointwise, pointwise_bn = make_modules(4, 6, 1, dtype=torch.float32)
-        conv_bn_relu(randn(2, 4, 14, 14), pointwise.eval(), pointwise_bn.eval())
-        conv.float(), bn.float()
-        with conv_bn_relu_impl.force_conv_layout(True):
-            conv_bn_relu(randn(2, 4, 5, 6), conv, bn)
-    conv_bn_relu(randn(2, 4, 14, 14).requires_grad_(), conv, bn)
-    assert routes == [True, True, False, True, False, False, True, False]
+        if with_residual:
+            residual = randn(*conv(x).shape, channels_last=channels_last)
+        ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+        expected = eager(x.double(), ref_conv, ref_bn, relu,
+                         None if residual is None else residual.double())
+        z = conv_bn_relu(x, conv, bn, relu, residual)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert z.is_contiguous(memory_format=layout) and z.dtype == torch.float32
+        assert_close_to_reference(z, expected, torch.float32, "cpp", "cpu", convolution=True)
+    if with_residual and not channels_last:
+        assert post_ops.calls == []
+    else:
+        assert post_ops.calls == [("binary" if with_residual else "unary", channels_last)]
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_onednn_post_ops_rule(post_ops):
+    """Which inference calls run oneDNN's post-ops: float32 CPU inputs in NCHW or
+    channels_last without autograd, with no residual or a channels_last one as channels_last
+    as x, on the C++ backend, while oneDNN is enabled."""
+    conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
+    conv.eval(), bn.eval()
+    x, x_cl = randn(2, 4, 5, 6), randn(2, 4, 5, 6, channels_last=True)
+    r, r_cl = randn(2, 6, 5, 6), randn(2, 6, 5, 6, channels_last=True)
+    with torch.no_grad():
+        for inputs, residual in ((x, None), (x_cl, None), (x_cl, r_cl),  # post-ops
+                                 (x, r), (x_cl, r), (x, r_cl), (x[..., :5], None)):  # epilogue
+            conv_bn_relu(inputs, conv, bn, residual=residual)
+        with torch.backends.mkldnn.flags(enabled=False):
+            conv_bn_relu(x, conv, bn)
+        with fastcnn.use_backend("reference"):
+            conv_bn_relu(x, conv, bn)
+        for dtype in (torch.float64, torch.bfloat16):
+            conv_bn_relu(x.to(dtype), copy.deepcopy(conv).to(dtype), copy.deepcopy(bn).to(dtype))
+    conv_bn_relu(x.clone().requires_grad_(), conv, bn)
+    assert post_ops.calls == [("unary", False), ("unary", True), ("binary", True)]
+
+
+def test_onednn_packed_weights_follow_shapes_and_updates(post_ops):
+    """A channels_last input's packed weight is made once per input shape and made again
+    after the parameters change (an optimizer step); every call has eager's numbers."""
+    block = fastcnn.nn.ConvBNReLU(4, 6, 3, padding=1)
+    conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
+    block.conv.load_state_dict(conv.state_dict())
+    block.bn.load_state_dict(bn.state_dict())
+    block.eval()
+    reorders = []
+    real = torch._C._nn.mkldnn_reorder_conv2d_weight
+
+    def check(x):
+        with torch.no_grad():
+            expected = eager(x.double(), copy.deepcopy(block.conv).double(),
+                             copy.deepcopy(block.bn).double())
+            assert_close_to_reference(block(x), expected, torch.float32, "cpp", "cpu",
+                                      convolution=True)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight",
+                      lambda *args: reorders.append(tuple(args[-1])) or real(*args))
+        small, large = randn(2, 4, 5, 6, channels_last=True), randn(3, 4, 7, 7, channels_last=True)
+        for x in (small, large, small, large):
+            check(x)
+        assert reorders == [(2, 4, 5, 6), (3, 4, 7, 7)]
+        with torch.no_grad():
+            before = block(small)
+        optimizer = torch.optim.SGD(block.parameters(), lr=0.05)
+        block.train()
+        block(randn(2, 4, 5, 6)).square().sum().backward()
+        optimizer.step()
+        block.eval()
+        check(small)
+        with torch.no_grad():
+            assert (block(small) - before).abs().max() > 1e-2  # a stale weight would fail
+        assert reorders == [(2, 4, 5, 6), (3, 4, 7, 7), (2, 4, 5, 6)]
+        for batch in range(1, conv_bn_relu_impl._MAX_PACKED_SHAPES + 3):
+            check(randn(batch, 4, 5, 6, channels_last=True))
+        packed = conv_bn_relu_impl._folded_cache[block.conv][4]
+        assert 0 < len(packed) <= conv_bn_relu_impl._MAX_PACKED_SHAPES
+    assert post_ops.calls and all(packed for _, packed in post_ops.calls)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
