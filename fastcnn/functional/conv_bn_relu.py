@@ -7,9 +7,9 @@ beta + (b - running_mean) * gamma / sqrt(running_var + eps). The folded weights 
 per (conv, bn) pair and refolded when any parameter or buffer changes. The convolution runs
 without bias and one pass over its output adds the bias (and the residual) and applies the
 ReLU in place (or, where an NCHW float32 CPU convolution runs in channels_last, see
-_runs_channels_last, writes the NCHW result from the channels_last output). float32 CPU
-calls without an NCHW residual run one oneDNN convolution whose post-ops do that epilogue
-as it writes its output instead (_onednn_fusable). On the Triton backend a Triton
+_runs_channels_last, writes the NCHW result from the channels_last output). Other float32
+CPU calls without an NCHW residual run one oneDNN convolution whose post-ops do that
+epilogue as it writes its output instead (_onednn_fusable). On the Triton backend a Triton
 convolution with the epilogue fused may run instead, where it measured faster for the
 shape (_inference_convolution_choice).
 
@@ -117,10 +117,8 @@ def _runs_channels_last(x, weight, conv_args, residual, output_positions=None):
     was 17-20% faster than NCHW for 3x3 convolutions at 28 and 14 pixels (128 to 512
     channels), 0-20% for 64 channels at 56 and 9% for the stem, but 3-13% slower for 3x3
     convolutions of 256 or 512 channels with 7x7 outputs, hence the output size limit;
-    the epilogue reads an NCHW residual as it is. (Those were timings against ATen's NCHW
-    convolution and the epilogue. oneDNN's NCHW convolution with post-ops, which float32
-    inference now runs where it can, was faster than the route: the route serves the
-    inference calls it cannot take, those with an NCHW residual or without oneDNN.)
+    the epilogue reads an NCHW residual as it is. Inference calls that do not take the
+    route run oneDNN's post-ops where they can (_onednn_fusable).
 
     On a 2-core EPYC (Zen 5) the rule held too: the route's training step was 1.05-1.25x
     eager's for 3x3 convolutions at 56, 28, 14 and 7 pixels (NCHW: 0.97-1.24x), and its
@@ -462,10 +460,12 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
         choice = _inference_convolution_choice(x, weight, bias, residual, conv_args, relu)
         if choice != "vendor":
             return _triton_convolution(x, weight, bias, residual, conv_args, relu, choice)
-    if _onednn_fusable(x, residual, backend):
-        return _onednn_convolution(x, weight, bias, residual, conv_args, relu, packed)
     _, _, h, w = _output_shape(x, conv)
-    if _runs_channels_last(x, weight, conv_args, residual, output_positions=h * w):
+    channels_last_route = _runs_channels_last(x, weight, conv_args, residual,
+                                              output_positions=h * w)
+    if not channels_last_route and _onednn_fusable(x, residual, backend):
+        return _onednn_convolution(x, weight, bias, residual, conv_args, relu, packed)
+    if channels_last_route:
         # the epilogue writes NCHW from the channels_last output, reading the residual as is
         y = _convolution(ops.convert_layout(x, True, backend), weight, conv_args)
         return ops.channel_affine_act(y, None, bias, residual, relu, True, backend)
@@ -480,24 +480,29 @@ def _is_channels_last(t):
 
 
 def _onednn_fusable(x, residual, backend):
-    """Whether this CPU inference call (no autograd) runs as one oneDNN convolution with
-    the bias, the residual and the ReLU applied by its post-ops as it writes its output,
-    instead of the convolution followed by the C++ epilogue's pass over the output: a
-    float32 input in NCHW or channels_last, oneDNN available and enabled (as eager's
-    convolution would use it), and no residual or one as channels_last as x.
+    """Whether this CPU inference call (no autograd), unless it takes the channels_last
+    route (_runs_channels_last), runs as one oneDNN convolution with the bias, the
+    residual and the ReLU applied by its post-ops as it writes its output, instead of the
+    convolution followed by the C++ epilogue's pass over the output: a float32 input in
+    NCHW or channels_last, oneDNN available and enabled (as eager's convolution would use
+    it), and no residual or one as channels_last as x.
 
     In interleaved runs on a 2-core EPYC (batch 16; glibc's default malloc, and freed
-    memory kept), the post-ops were as fast or faster than the C++ epilogue on every
-    float32 shape of ResNet-50 we timed without a residual: 1.06-1.25x eager for
-    3x3 64->64 at 56 pixels against 1.03-1.12x (NCHW, which no longer needs the
-    channels_last route, and channels_last), 1.04-1.06x against 1.00-1.03x for 3x3
-    convolutions at 28 to 7 pixels, 1.07-1.19x against 1.04-1.13x for the 1x1 256->64.
-    With a residual (the "add" post-op) they were level with the epilogue in
-    channels_last (1.08-1.17x against 1.07-1.08x at 7 pixels, where the packed weight of
-    _packed_weight counts most), but NCHW 3x3 64->64 ran at 0.83x eager in two of four
-    runs under glibc's defaults, against the epilogue's 1.03-1.09x: NCHW residuals keep
-    the epilogue, as do float16/bfloat16/float64 (oneDNN's NCHW bfloat16 path failed an
-    internal assert, float16 needs AVX512-FP16 or AVX-NE-CONVERT, float64 it lacks)."""
+    memory kept), the post-ops were as fast as or faster than the C++ epilogue on every
+    float32 channels_last shape of ResNet-50 we timed: 1.06-1.11x eager for 3x3 64->64 at
+    56 pixels against 1.04-1.09x, 1.03-1.06x against 1.00-1.02x for 3x3 convolutions at 28
+    to 7 pixels, 1.13-1.45x against 1.05-1.36x for the 1x1 256->64. For NCHW inputs they
+    beat the epilogue after oneDNN's NCHW convolution (1x1 256->64: 1.07-1.12x against
+    1.04-1.08x), and beat the channels_last route under freed memory kept (3x3 64->64:
+    1.08-1.12x against 1.03-1.06x), but under glibc's defaults, where oneDNN's NCHW
+    reorder buffers are at times fresh pages, they ran at 0.7-1.24x eager in the benchmark
+    harness against the route's 1.04-1.23x: the route keeps those calls. With a residual
+    (the "add" post-op) they were level with the epilogue in channels_last (1.08-1.17x
+    against 1.07-1.08x at 7 pixels, where the packed weight of _packed_weight counts
+    most), but NCHW 3x3 64->64 ran at 0.83x eager in two of four runs under glibc's
+    defaults, against the epilogue's 1.03-1.09x: NCHW residuals keep the epilogue, as do
+    float16/bfloat16/float64 (oneDNN's NCHW bfloat16 path failed an internal assert,
+    float16 needs AVX512-FP16 or AVX-NE-CONVERT, float64 it lacks)."""
     return (backend == "cpp" and x.device.type == "cpu" and x.dtype == torch.float32
             and x.numel() > 0 and _layout_of(x) is not None
             and (residual is None or (_is_channels_last(x) and _is_channels_last(residual)))

@@ -287,10 +287,10 @@ def test_float32_inference_either_layout_route(backend_device, monkeypatch, case
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_inference_layout_route_rule(monkeypatch):
-    """Inference without oneDNN's post-ops takes the channels_last route for NCHW float32
-    CPU inputs whose convolution is no pointwise GEMM and whose output has at least 14 x 14
-    positions; not while autograd records (a frozen BatchNorm in a training net). With
-    oneDNN, NCHW residual calls take it by the same rule and the others run the post-ops."""
+    """Inference takes the channels_last route for NCHW float32 CPU inputs whose
+    convolution is no pointwise GEMM and whose output has at least 14 x 14 positions,
+    residual or not, oneDNN or not; not while autograd records (a frozen BatchNorm in a
+    training net). Calls without a residual that do not take it run oneDNN's post-ops."""
     routes = _inference_routes(monkeypatch)
     conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
     conv.eval(), bn.eval()
@@ -315,7 +315,7 @@ def test_inference_layout_route_rule(monkeypatch):
     assert routes == [True, False, False, False, True, False]
     routes.clear()
     calls(residual=False)
-    assert routes == [False, False]  # float64, autograd; the others ran oneDNN's post-ops
+    assert routes == [True, False, True, False]  # the others ran oneDNN's post-ops
     routes.clear()
     with monkeypatch.context() as without_onednn:
         without_onednn.setattr(conv_bn_relu_impl, "_onednn_post_ops", None)
@@ -385,7 +385,8 @@ def test_onednn_post_ops_match_eager(post_ops, case, channels_last, with_residua
 def test_onednn_post_ops_rule(post_ops):
     """Which inference calls run oneDNN's post-ops: float32 CPU inputs in NCHW or
     channels_last without autograd, with no residual or a channels_last one as channels_last
-    as x, on the C++ backend, while oneDNN is enabled."""
+    as x, on the C++ backend, while oneDNN is enabled, unless they take the channels_last
+    route (NCHW, outputs of 14 x 14 or more)."""
     conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
     conv.eval(), bn.eval()
     x, x_cl = randn(2, 4, 5, 6), randn(2, 4, 5, 6, channels_last=True)
@@ -394,6 +395,7 @@ def test_onednn_post_ops_rule(post_ops):
         for inputs, residual in ((x, None), (x_cl, None), (x_cl, r_cl),  # post-ops
                                  (x, r), (x_cl, r), (x, r_cl), (x[..., :5], None)):  # epilogue
             conv_bn_relu(inputs, conv, bn, residual=residual)
+        conv_bn_relu(randn(2, 4, 14, 14), conv, bn)  # the channels_last route
         with torch.backends.mkldnn.flags(enabled=False):
             conv_bn_relu(x, conv, bn)
         with fastcnn.use_backend("reference"):
