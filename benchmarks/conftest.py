@@ -60,8 +60,8 @@ def time_case(benchmark):
         benchmark.extra_info.update(op=case.op, layer=case.layer, layout=case.layout,
                                     mode=case.mode, implementation=implementation,
                                     calls_per_round=calls)
-        benchmark.pedantic(step, rounds=10 if DEVICE == "cpu" else 30, warmup_rounds=3,
-                           iterations=1)
+        benchmark.pedantic(step, rounds=10 if DEVICE == "cpu" else 30,
+                           warmup_rounds=max(3, benchmarking.OPS[case.op].warmup), iterations=1)
         median_ms = benchmark.stats.stats.median * 1e3 / calls
         _medians.setdefault(case, {})[implementation] = median_ms
 

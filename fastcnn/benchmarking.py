@@ -41,6 +41,9 @@ class Op:
     # that fastcnn (ours=True) or PyTorch runs for the case, with modules of its own.
     # It replaces ours and theirs.
     make: object = None
+    # Untimed calls before each implementation's samples (at least run()'s `warmup`):
+    # fastcnn's conv_bn_relu measures its NCHW inference over its first 14 calls per shape.
+    warmup: int = 2
 
 
 # AlexNet's LRN: size 5, alpha 1e-4, beta 0.75, k 2 (Krizhevsky et al., 2012).
@@ -122,6 +125,7 @@ OPS = {
         min_bytes=None,
         quick=(("resnet50.layer1.0.conv2", "NCHW"), ("resnet50.layer1.1.conv1", "NCHW")),
         make=_conv_bn_relu,
+        warmup=16,
     ),
     "lrn": Op(
         ours=functools.partial(fastcnn.functional.local_response_norm, **_LRN_ARGS),
@@ -306,7 +310,8 @@ def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None
                 log(f"{case.label}: {implementation}")
             try:
                 step = build(case, implementation, device)
-                for _ in range(warmup):  # torch.compile compiles here
+                # torch.compile compiles here
+                for _ in range(max(warmup, OPS[case.op].warmup)):
                     step()
                 steps[implementation] = step
             except Exception as error:  # a baseline that cannot run here is reported

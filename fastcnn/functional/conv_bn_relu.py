@@ -6,10 +6,11 @@ weight becomes W * gamma / sqrt(running_var + eps) and whose bias
 beta + (b - running_mean) * gamma / sqrt(running_var + eps). The folded weights are cached
 per (conv, bn) pair and refolded when any parameter or buffer changes. The convolution runs
 without bias and one pass over its output adds the bias (and the residual) and applies the
-ReLU in place (or, where an NCHW float32 CPU convolution runs in channels_last, see
-_runs_channels_last, writes the NCHW result from the channels_last output). Other float32
-CPU calls without an NCHW residual run one oneDNN convolution whose post-ops do that
-epilogue as it writes its output instead (_onednn_fusable). On the Triton backend a Triton
+ReLU in place (or, where an NCHW float32 CPU convolution runs in channels_last, writes
+the NCHW result from the channels_last output). Float32 CPU calls without an NCHW residual
+run one oneDNN convolution whose post-ops do that epilogue as it writes its output instead
+(_onednn_fusable); for NCHW inputs the faster of the two is chosen per shape by
+measurement (_cpu_inference). On the Triton backend a Triton
 convolution with the epilogue fused may run instead, where it measured faster for the
 shape (_inference_convolution_choice).
 
@@ -20,6 +21,8 @@ convolution's output (and of the residual), then the convolution's backward (ATe
 """
 
 import contextlib
+import statistics
+import time
 import weakref
 
 import torch
@@ -72,7 +75,8 @@ def _convolution(x, weight, conv_args, gemm=True):
     return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
-# Set by force_conv_layout: True (channels_last), False (as given) or None (the rule).
+# Set by force_conv_layout: True (channels_last), False (as given) or None (the rule, or
+# the measurement).
 _forced_layout = None
 
 
@@ -80,8 +84,8 @@ _forced_layout = None
 def force_conv_layout(channels_last):
     """Within the block, run the convolution of every eligible conv_bn_relu call (a
     training step, or inference without autograd) in channels_last (True) or in its
-    input's layout (False) instead of by _runs_channels_last's rule (None): for tests, and
-    for timing either side."""
+    input's layout (False) instead of by _runs_channels_last's rule or _cpu_inference's
+    measurement (None): for tests, for timing either side, and for pinning one."""
     global _forced_layout
     previous, _forced_layout = _forced_layout, channels_last
     try:
@@ -90,14 +94,19 @@ def force_conv_layout(channels_last):
         _forced_layout = previous
 
 
-# Inference takes the channels_last route for outputs of at least this many positions.
-_MIN_INFERENCE_POSITIONS = 14 * 14
+def _route_eligible(x, weight, conv_args):
+    """Whether the convolution of x may run on a channels_last copy of it (see
+    _runs_channels_last and _cpu_inference): an NCHW float32 CPU input whose convolution
+    is no pointwise GEMM, outside what torch.compile traces."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
+            and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+            and not _is_pointwise_gemm(x, weight, conv_args)
+            and not torch.compiler.is_compiling())
 
 
-def _runs_channels_last(x, weight, conv_args, residual, output_positions=None):
-    """Whether the convolution of an NCHW float32 CPU input runs on a channels_last copy of
-    it: for a training step (output_positions None), or for inference with an output of
-    output_positions = H_out * W_out positions.
+def _runs_channels_last(x, weight, conv_args, residual):
+    """Whether the convolution of a training step runs on a channels_last copy of its NCHW
+    float32 CPU input (_route_eligible).
 
     oneDNN's NCHW convolution reorders its operands to and from a blocked layout inside
     every call and runs a slower kernel on them; on the 2-core Xeon these benchmarks run
@@ -110,32 +119,14 @@ def _runs_channels_last(x, weight, conv_args, residual, output_positions=None):
     channels_last, and in backward copies of the incoming gradient and of the input's
     gradient, all transposed by blocks in registers (about 1.2-1.7x the time of a plain
     copy of the tensor); a training step of that layer gained about 20% over NCHW in our
-    runs (medians of interleaved samples). Training keeps NCHW for residual layers (backward would need
-    their residual in channels_last too).
-
-    Inference (no autograd) has no backward to gain from; its forward with the copies
-    was 17-20% faster than NCHW for 3x3 convolutions at 28 and 14 pixels (128 to 512
-    channels), 0-20% for 64 channels at 56 and 9% for the stem, but 3-13% slower for 3x3
-    convolutions of 256 or 512 channels with 7x7 outputs, hence the output size limit;
-    the epilogue reads an NCHW residual as it is. Inference calls that do not take the
-    route run oneDNN's post-ops where they can (_onednn_fusable).
-
-    On a 2-core EPYC (Zen 5) the rule held too: the route's training step was 1.05-1.25x
-    eager's for 3x3 convolutions at 56, 28, 14 and 7 pixels (NCHW: 0.97-1.24x), and its
-    inference 1.1-1.4x at 56 to 14 pixels, level with NCHW at 7.
-
-    Neither takes the route for 1x1 NCHW convolutions (_is_pointwise_gemm's), nor for
-    whatever torch.compile traces.
-    (Timing each shape once instead of a rule was tried: one-off timings on a shared host
-    were too noisy to choose by.)"""
-    if (x.device.type != "cpu" or x.dtype != torch.float32
-            or (residual is not None and output_positions is None)
-            or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-            or _is_pointwise_gemm(x, weight, conv_args) or torch.compiler.is_compiling()):
+    runs (medians of interleaved samples). On a 2-core EPYC (Zen 5) the rule held too: the
+    route's training step was 1.05-1.25x eager's for 3x3 convolutions at 56, 28, 14 and 7
+    pixels (NCHW: 0.97-1.24x). Training keeps NCHW for residual layers (backward would
+    need their residual in channels_last too). Inference chooses by measurement
+    (_cpu_inference)."""
+    if residual is not None or not _route_eligible(x, weight, conv_args):
         return False
-    if _forced_layout is not None:
-        return _forced_layout
-    return output_positions is None or output_positions >= _MIN_INFERENCE_POSITIONS
+    return True if _forced_layout is None else _forced_layout
 
 
 def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
@@ -460,18 +451,114 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
         choice = _inference_convolution_choice(x, weight, bias, residual, conv_args, relu)
         if choice != "vendor":
             return _triton_convolution(x, weight, bias, residual, conv_args, relu, choice)
-    _, _, h, w = _output_shape(x, conv)
-    channels_last_route = _runs_channels_last(x, weight, conv_args, residual,
-                                              output_positions=h * w)
-    if not channels_last_route and _onednn_fusable(x, residual, backend):
-        return _onednn_convolution(x, weight, bias, residual, conv_args, relu, packed)
-    if channels_last_route:
-        # the epilogue writes NCHW from the channels_last output, reading the residual as is
-        y = _convolution(ops.convert_layout(x, True, backend), weight, conv_args)
-        return ops.channel_affine_act(y, None, bias, residual, relu, True, backend)
+    return _cpu_inference(x, weight, bias, residual, conv_args, relu, packed, backend)
+
+
+def _epilogue_inference(x, weight, bias, residual, conv_args, relu, packed, backend):
+    """ATen's convolution, then the epilogue in place over its output."""
     y = _convolution(x, weight, conv_args, gemm=False)
     ops.channel_affine_act_(y, None, bias, residual, relu, backend)
     return y
+
+
+def _route_inference(x, weight, bias, residual, conv_args, relu, packed, backend):
+    """The convolution on a channels_last copy of NCHW x; the epilogue writes the NCHW
+    output from the channels_last one, reading the residual as it is."""
+    y = _convolution(ops.convert_layout(x, True, backend), weight, conv_args)
+    return ops.channel_affine_act(y, None, bias, residual, relu, True, backend)
+
+
+def _direct_inference(x, residual, backend):
+    """The implementation of an inference call in x's own layout."""
+    if _onednn_fusable(x, residual, backend):
+        return _onednn_convolution
+    return _epilogue_inference
+
+
+# NCHW float32 CPU inference whose convolution may run on a channels_last copy
+# (_route_eligible): per key of _cpu_inference_key, "route" or "direct" (the call in x's
+# layout), whichever measured faster, or the _Trial measuring them.
+_cpu_inference_choices = {}
+
+
+class _Trial:
+    """Measures implementations on the calls they serve: the first `warmup` rounds give
+    each of `names` a call untimed (oneDNN creates its primitives there, and the
+    allocator settles), the next `rounds` a timed call each, in turn, the order reversed
+    every other round so that a drifting machine and the allocator's state after the
+    previous call weigh on all alike. Then the lowest median wins. (Single timings on
+    these shared hosts move by 10-20%, interleaved medians by a few percent; timings in
+    the first call of a process, before the allocator settled, ranked the two in reverse
+    of their later order in some runs, hence the warm-up and the real calls.)"""
+
+    def __init__(self, names, warmup=2, rounds=5):
+        self.names, self.warmup, self.rounds = tuple(names), warmup, rounds
+        self.calls = 0
+        self.samples = {name: [] for name in self.names}
+
+    def next(self):
+        """The name to run on this call, and whether to time it."""
+        round_, position = divmod(self.calls, len(self.names))
+        self.calls += 1
+        names = self.names if round_ % 2 == 0 else self.names[::-1]
+        return names[position], round_ >= self.warmup
+
+    def record(self, name, seconds):
+        self.samples[name].append(seconds)
+
+    def fastest(self):
+        """The winner once every round has run, else None."""
+        if self.calls < len(self.names) * (self.warmup + self.rounds):
+            return None
+        return min(self.names, key=lambda name: statistics.median(self.samples[name]))
+
+
+def _cpu_inference_key(x, weight, residual, conv_args, relu, direct):
+    return (tuple(x.shape), tuple(weight.shape), conv_args,
+            None if residual is None else residual.stride(), relu, direct.__name__,
+            torch.get_num_threads())
+
+
+def _cpu_inference(x, weight, bias, residual, conv_args, relu, packed, backend):
+    """A CPU inference call (no autograd): for NCHW float32 inputs whose convolution may
+    run on a channels_last copy (_route_eligible), the faster of that route and the call
+    in x's layout (oneDNN's post-ops, or without them ATen's convolution and the epilogue)
+    as measured on the first calls of each shape (_Trial: 14 calls) on the C++ backend,
+    unless force_conv_layout says which; every other call in its own layout.
+
+    Which is faster depends on the host and the shape, by a few percent to tens of
+    percent either way, so no fixed rule held on both hosts we timed (float32, batch 16,
+    medians of interleaved calls). On the 2-core Xeon (AVX-512) of the benchmarks the
+    oneDNN post-ops on NCHW were 1.10-1.19x eager for 3x3 64->64 at 56 pixels against the
+    route's 1.11-1.21x under glibc's default malloc and 1.14-1.15x against 1.03-1.05x with
+    freed memory kept, while the route led at 28 pixels (128 channels, 1.07-1.10x against
+    1.03-1.06x) and lost at 7 (512 channels, 0.83x against 1.00x). On a 2-core EPYC
+    (Zen 5) the route ran at 1.04-1.23x at 56 pixels, and the NCHW post-ops at 0.7-1.24x
+    under glibc's default malloc, where oneDNN's NCHW reorder buffers are at times fresh
+    pages. The outputs of the two differ by rounding only: while a shape is measured,
+    repeated calls may differ in the last bits; after, a process keeps its choice."""
+    direct = _direct_inference(x, residual, backend)
+    args = (x, weight, bias, residual, conv_args, relu, packed, backend)
+    route = _forced_layout if _route_eligible(x, weight, conv_args) else False
+    if route is None and backend != "cpp":
+        route = False  # Triton's interpreter or the reference: nothing to measure
+    if route is not None:
+        return (_route_inference if route else direct)(*args)
+    key = _cpu_inference_key(x, weight, residual, conv_args, relu, direct)
+    trial = _cpu_inference_choices.get(key)
+    if isinstance(trial, str):
+        return (_route_inference if trial == "route" else direct)(*args)
+    if trial is None:
+        trial = _cpu_inference_choices[key] = _Trial(("route", "direct"))
+    name, timed = trial.next()
+    begin = time.perf_counter()
+    z = (_route_inference if name == "route" else direct)(*args)
+    if timed:
+        trial.record(name, time.perf_counter() - begin)
+        winner = trial.fastest()
+        if winner is not None:
+            _cpu_inference_choices[key] = winner
+    return z
 
 
 def _is_channels_last(t):
@@ -481,7 +568,7 @@ def _is_channels_last(t):
 
 def _onednn_fusable(x, residual, backend):
     """Whether this CPU inference call (no autograd), unless it takes the channels_last
-    route (_runs_channels_last), runs as one oneDNN convolution with the bias, the
+    route (_cpu_inference), runs as one oneDNN convolution with the bias, the
     residual and the ReLU applied by its post-ops as it writes its output, instead of the
     convolution followed by the C++ epilogue's pass over the output: a float32 input in
     NCHW or channels_last, oneDNN available and enabled (as eager's convolution would use
@@ -496,7 +583,7 @@ def _onednn_fusable(x, residual, backend):
     1.04-1.08x), and beat the channels_last route under freed memory kept (3x3 64->64:
     1.08-1.12x against 1.03-1.06x), but under glibc's defaults, where oneDNN's NCHW
     reorder buffers are at times fresh pages, they ran at 0.7-1.24x eager in the benchmark
-    harness against the route's 1.04-1.23x: the route keeps those calls. With a residual
+    harness against the route's 1.04-1.23x (_cpu_inference measures which). With a residual
     (the "add" post-op) they were level with the epilogue in channels_last (1.08-1.17x
     against 1.07-1.08x at 7 pixels, where the packed weight of _packed_weight counts
     most), but NCHW 3x3 64->64 ran at 0.83x eager in two of four runs under glibc's
@@ -538,9 +625,10 @@ def _packed_weight(weight, x, conv_args, packed):
     return found
 
 
-def _onednn_convolution(x, weight, bias, residual, conv_args, relu, packed):
+def _onednn_convolution(x, weight, bias, residual, conv_args, relu, packed, backend=None):
     """act(conv2d(x, weight) + bias (+ residual)) by one oneDNN convolution with post-ops,
-    in the layout eager's convolution would give."""
+    in the layout eager's convolution would give (backend, unused, as the other inference
+    implementations take it)."""
     stride, padding, dilation, groups = conv_args
     args = (list(padding), list(stride), list(dilation), groups)
     weight = _packed_weight(weight, x, conv_args, packed)

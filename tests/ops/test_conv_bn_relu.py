@@ -287,11 +287,13 @@ def test_float32_inference_either_layout_route(backend_device, monkeypatch, case
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_inference_layout_route_rule(monkeypatch):
-    """Inference takes the channels_last route for NCHW float32 CPU inputs whose
-    convolution is no pointwise GEMM and whose output has at least 14 x 14 positions,
-    residual or not, oneDNN or not; not while autograd records (a frozen BatchNorm in a
-    training net). Calls without a residual that do not take it run oneDNN's post-ops."""
+    """Inference may take the channels_last route (and then measures whether to) for NCHW
+    float32 CPU inputs whose convolution is no pointwise GEMM, residual or not, oneDNN or
+    not, on the C++ backend; not while autograd records (a frozen BatchNorm in a training
+    net). Calls without a residual that do not take it run oneDNN's post-ops."""
     routes = _inference_routes(monkeypatch)
+    monkeypatch.setattr(conv_bn_relu_impl, "_cpu_inference_choices", {})
+    monkeypatch.setattr(conv_bn_relu_impl._Trial, "next", lambda self: ("route", False))
     conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
     conv.eval(), bn.eval()
     pointwise, pointwise_bn = make_modules(4, 6, 1, dtype=torch.float32)
@@ -301,30 +303,95 @@ def test_inference_layout_route_rule(monkeypatch):
         r = (lambda *shape: randn(*shape)) if residual else (lambda *shape: None)
         with torch.no_grad():
             conv_bn_relu(randn(2, 4, 14, 14), conv, bn, residual=r(2, 6, 14, 14))
-            conv_bn_relu(randn(2, 4, 13, 15), conv, bn, residual=r(2, 6, 13, 15))  # 195
+            conv_bn_relu(randn(2, 4, 3, 5), conv, bn, residual=r(2, 6, 3, 5))
             conv_bn_relu(randn(2, 4, 14, 14, dtype=torch.float64), conv.double(), bn.double(),
                          residual=None if r(1) is None else r(2, 6, 14, 14).double())
             conv.float(), bn.float()
             conv_bn_relu(randn(2, 4, 14, 14), pointwise, pointwise_bn,
                          residual=r(2, 6, 14, 14))
-            with conv_bn_relu_impl.force_conv_layout(True):
+            with conv_bn_relu_impl.force_conv_layout(False):
+                conv_bn_relu(randn(2, 4, 5, 6), conv, bn, residual=r(2, 6, 5, 6))
+            with fastcnn.use_backend("reference"):
                 conv_bn_relu(randn(2, 4, 5, 6), conv, bn, residual=r(2, 6, 5, 6))
         conv_bn_relu(randn(2, 4, 14, 14).requires_grad_(), conv, bn, residual=r(2, 6, 14, 14))
 
     calls(residual=True)
-    assert routes == [True, False, False, False, True, False]
+    assert routes == [True, True, False, False, False, False, False]
     routes.clear()
     calls(residual=False)
-    assert routes == [True, False, True, False]  # the others ran oneDNN's post-ops
+    assert routes == [True, True, False, False, False]  # the others ran oneDNN's post-ops
     routes.clear()
     with monkeypatch.context() as without_onednn:
         without_onednn.setattr(conv_bn_relu_impl, "_onednn_post_ops", None)
         calls(residual=False)
-    assert routes == [True, False, False, False, True, False]
+    assert routes == [True, True, False, False, False, False, False]
     routes.clear()
     with torch.backends.mkldnn.flags(enabled=False):
         calls(residual=False)
-    assert routes == [True, False, False, False, True, False]
+    assert routes == [True, True, False, False, False, False, False]
+    assert conv_bn_relu_impl._cpu_inference_choices  # the eligible calls were measured
+
+
+def test_trial_schedule_and_winner():
+    """_Trial gives each implementation its calls in turn, untimed for the warm-up
+    rounds, the order reversed every other round, and names the lowest median once all
+    rounds ran (not before)."""
+    trial = conv_bn_relu_impl._Trial(("a", "b"), warmup=2, rounds=3)
+    seen, times = [], {"a": iter([5.0, 1.0, 1.0]), "b": iter([2.0, 2.0, 0.5])}
+    for _ in range(10):
+        assert trial.fastest() is None
+        name, timed = trial.next()
+        seen.append((name, timed))
+        if timed:
+            trial.record(name, next(times[name]))
+    assert seen == [("a", False), ("b", False), ("b", False), ("a", False),
+                    ("a", True), ("b", True), ("b", True), ("a", True), ("a", True), ("b", True)]
+    assert trial.fastest() == "a"  # medians 1.0 against 2.0, not the means or the minima
+
+
+@pytest.mark.parametrize("route_faster", [True, False], ids=["route-faster", "direct-faster"])
+def test_inference_layout_is_measured_per_shape(monkeypatch, route_faster):
+    """NCHW float32 inference measures the channels_last route against the call in x's
+    layout over its first calls of each shape, then keeps the one that ran faster; every
+    call has eager's numbers, and force_conv_layout overrides the measurement."""
+    monkeypatch.setattr(conv_bn_relu_impl, "_cpu_inference_choices", {})
+    clock, ran = [0.0], []
+    route, direct = conv_bn_relu_impl._route_inference, conv_bn_relu_impl._direct_inference
+
+    def timed(name, implementation, cost):
+        def run(*args):
+            ran.append(name)
+            clock[0] += cost
+            return implementation(*args)
+        run.__name__ = implementation.__name__
+        return run
+
+    monkeypatch.setattr(conv_bn_relu_impl.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(conv_bn_relu_impl, "_route_inference",
+                        timed("route", route, 1.0 if route_faster else 3.0))
+    monkeypatch.setattr(conv_bn_relu_impl, "_direct_inference", lambda *args: timed(
+        "direct", direct(*args), 2.0))
+    conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
+    conv.eval(), bn.eval()
+    ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+    trial_calls = 2 * 7  # two implementations, 2 warm-up + 5 timed rounds
+    with torch.no_grad():
+        for shape in ((2, 4, 9, 8), (3, 4, 9, 8)):
+            ran.clear()
+            for _ in range(trial_calls + 3):
+                x = randn(*shape)
+                z = conv_bn_relu(x, conv, bn)
+                assert z.is_contiguous()
+                assert_close_to_reference(z, eager(x.double(), ref_conv, ref_bn),
+                                          torch.float32, "cpp", "cpu", convolution=True)
+            winner = "route" if route_faster else "direct"
+            assert sorted(ran[:trial_calls]) == ["direct"] * 7 + ["route"] * 7
+            assert ran[trial_calls:] == [winner] * 3
+        ran.clear()
+        with conv_bn_relu_impl.force_conv_layout(not route_faster):
+            conv_bn_relu(randn(2, 4, 9, 8), conv, bn)
+        assert ran == ["direct" if route_faster else "route"]
+    assert len(conv_bn_relu_impl._cpu_inference_choices) == 2
 
 
 class _PostOpSpy:
@@ -371,7 +438,8 @@ def test_onednn_post_ops_match_eager(post_ops, case, channels_last, with_residua
         ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
         expected = eager(x.double(), ref_conv, ref_bn, relu,
                          None if residual is None else residual.double())
-        z = conv_bn_relu(x, conv, bn, relu, residual)
+        with conv_bn_relu_impl.force_conv_layout(False):  # not the channels_last route
+            z = conv_bn_relu(x, conv, bn, relu, residual)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         assert z.is_contiguous(memory_format=layout) and z.dtype == torch.float32
         assert_close_to_reference(z, expected, torch.float32, "cpp", "cpu", convolution=True)
@@ -386,16 +454,17 @@ def test_onednn_post_ops_rule(post_ops):
     """Which inference calls run oneDNN's post-ops: float32 CPU inputs in NCHW or
     channels_last without autograd, with no residual or a channels_last one as channels_last
     as x, on the C++ backend, while oneDNN is enabled, unless they take the channels_last
-    route (NCHW, outputs of 14 x 14 or more)."""
+    route (NCHW, where measured faster)."""
     conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
     conv.eval(), bn.eval()
     x, x_cl = randn(2, 4, 5, 6), randn(2, 4, 5, 6, channels_last=True)
     r, r_cl = randn(2, 6, 5, 6), randn(2, 6, 5, 6, channels_last=True)
-    with torch.no_grad():
+    with torch.no_grad(), conv_bn_relu_impl.force_conv_layout(False):
         for inputs, residual in ((x, None), (x_cl, None), (x_cl, r_cl),  # post-ops
                                  (x, r), (x_cl, r), (x, r_cl), (x[..., :5], None)):  # epilogue
             conv_bn_relu(inputs, conv, bn, residual=residual)
-        conv_bn_relu(randn(2, 4, 14, 14), conv, bn)  # the channels_last route
+        with conv_bn_relu_impl.force_conv_layout(True):
+            conv_bn_relu(x, conv, bn)  # the channels_last route
         with torch.backends.mkldnn.flags(enabled=False):
             conv_bn_relu(x, conv, bn)
         with fastcnn.use_backend("reference"):
