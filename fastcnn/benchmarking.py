@@ -297,10 +297,12 @@ def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None
         warmup=2):
     """Times every case with every implementation; returns one summarize() row per case.
 
-    The implementations of a case take their samples in turn (fastcnn, eager, compile,
-    fastcnn, ...; the order reversed every other round), so that a machine whose speed
-    drifts during the run (shared hosts do) slows them alike, and the ratios between
-    them hold better than the times themselves."""
+    Each implementation is built and called once (torch.compile compiles there); then
+    they take their warm-up calls (`warmup`, or the op's own Op.warmup if more) and
+    their samples in turn (fastcnn, eager, compile, fastcnn, ...; the order reversed
+    every other round), so that a machine whose speed drifts during the run (shared
+    hosts do) slows them alike, and the ratios between them hold better than the times
+    themselves."""
     results = []
     copies = {}
     for case in case_list:
@@ -310,20 +312,24 @@ def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None
                 log(f"{case.label}: {implementation}")
             try:
                 step = build(case, implementation, device)
-                # torch.compile compiles here
-                for _ in range(max(warmup, OPS[case.op].warmup)):
-                    step()
+                step()  # torch.compile compiles here
                 steps[implementation] = step
             except Exception as error:  # a baseline that cannot run here is reported
                 if implementation == "fastcnn":
                     raise
                 milliseconds[implementation] = None
                 errors[f"{implementation}_error"] = f"{type(error).__name__}: {error}"
+        # The warm-up calls take turns as the samples do, so that fastcnn's own measurement
+        # on its first calls (conv_bn_relu's) sees the allocator's state of the samples.
         samples = {implementation: [] for implementation in steps}
-        for round_ in range(repeats):
+        warmup_rounds = max(warmup, OPS[case.op].warmup) - 1
+        for round_ in range(warmup_rounds + repeats):
             order = list(steps.items())
             for implementation, step in (order if round_ % 2 == 0 else reversed(order)):
-                samples[implementation].append(sample(step, device))
+                if round_ < warmup_rounds:
+                    step()
+                else:
+                    samples[implementation].append(sample(step, device))
         for implementation in implementations:
             if implementation in samples:
                 milliseconds[implementation] = statistics.median(samples[implementation]) * 1e3

@@ -88,3 +88,20 @@ def test_allocator_names_the_settings_that_change_cpu_timings(monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
     assert benchmarking.allocator().endswith(
         "malloc, MALLOC_MMAP_THRESHOLD_=1000000000, LD_PRELOAD=libjemalloc.so.2")
+
+
+def test_run_warms_up_and_samples_the_implementations_in_turn(monkeypatch):
+    calls = []
+    monkeypatch.setattr(benchmarking, "build",
+                        lambda case, implementation, device: lambda: calls.append(implementation))
+    monkeypatch.setattr(benchmarking, "copy_seconds", lambda shape, dtype, device: 1e-3)
+    case = benchmarking.cases(ops=("conv_bn_relu",), batch=1, layouts=(False,),
+                              modes=("forward",))[0]
+    rows = benchmarking.run([case], "cpu", implementations=("fastcnn", "eager"), repeats=3)
+    assert len(rows) == 1 and rows[0]["fastcnn_ms"] > 0
+    warmup = benchmarking.OPS["conv_bn_relu"].warmup
+    assert warmup >= 14  # conv_bn_relu measures its NCHW inference over its first 14 calls
+    # one call each as it is built, then warm-up and timed rounds alike, in turn
+    rounds = [["fastcnn", "eager"] if r % 2 == 0 else ["eager", "fastcnn"]
+              for r in range(warmup - 1 + 3)]
+    assert calls == ["fastcnn", "eager"] + [name for names in rounds for name in names]
