@@ -514,8 +514,7 @@ class _Trial:
 
 
 def _cpu_inference_key(x, weight, residual, conv_args, relu, direct):
-    return (tuple(x.shape), tuple(weight.shape), conv_args,
-            None if residual is None else residual.stride(), relu, direct.__name__,
+    return (*_convolution_key(x, weight, residual, conv_args, relu), direct.__name__,
             torch.get_num_threads())
 
 
