@@ -21,6 +21,7 @@ convolution's output (and of the residual), then the convolution's backward (ATe
 """
 
 import contextlib
+import functools
 import statistics
 import time
 import weakref
@@ -570,8 +571,9 @@ def _onednn_fusable(x, residual, backend):
     route (_cpu_inference), runs as one oneDNN convolution with the bias, the
     residual and the ReLU applied by its post-ops as it writes its output, instead of the
     convolution followed by the C++ epilogue's pass over the output: a float32 input in
-    NCHW or channels_last, oneDNN available and enabled (as eager's convolution would use
-    it), and no residual or one as channels_last as x.
+    NCHW or channels_last with no residual or one as channels_last as x, or a bfloat16
+    channels_last input with no residual where oneDNN runs bfloat16 (_onednn_bf16), while
+    oneDNN is available and enabled (as eager's convolution would use it).
 
     In interleaved runs on a 2-core EPYC (batch 16; glibc's default malloc, and freed
     memory kept), the post-ops were as fast as or faster than the C++ epilogue on every
@@ -586,10 +588,21 @@ def _onednn_fusable(x, residual, backend):
     (the "add" post-op) they were level with the epilogue in channels_last (1.08-1.17x
     against 1.07-1.08x at 7 pixels, where the packed weight of _packed_weight counts
     most), but NCHW 3x3 64->64 ran at 0.83x eager in two of four runs under glibc's
-    defaults, against the epilogue's 1.03-1.09x: NCHW residuals keep the epilogue, as do
-    float16/bfloat16/float64 (oneDNN's NCHW bfloat16 path failed an internal assert,
-    float16 needs AVX512-FP16 or AVX-NE-CONVERT, float64 it lacks)."""
-    return (backend == "cpp" and x.device.type == "cpu" and x.dtype == torch.float32
+    defaults, against the epilogue's 1.03-1.09x: NCHW residuals keep the epilogue.
+
+    bfloat16 channels_last on the 2-core Xeon (AMX; batch 16, interleaved medians): the
+    post-ops ran at 3.0x eager for 3x3 64->64 at 56 pixels against the epilogue's 1.7x,
+    2.1x against 1.4x for the 1x1 256->64, 1.4-1.5x against 1.0-1.2x for 3x3 convolutions at
+    28 and 7 pixels; their bias stays float32 until the output is rounded. A bfloat16
+    residual keeps the epilogue: the "add" post-op takes a bfloat16 bias only, and for
+    grouped convolutions ATen's fallback behind it failed an internal assert (add_relu
+    lacks bfloat16). NCHW bfloat16 keeps it too (oneDNN's NCHW bfloat16 path failed an
+    internal assert on an earlier host), as do float16 (oneDNN's float16 convolution ran
+    at a tenth of bfloat16's speed here) and float64 (oneDNN lacks it)."""
+    return (backend == "cpp" and x.device.type == "cpu"
+            and (x.dtype == torch.float32
+                 or (x.dtype == torch.bfloat16 and _is_channels_last(x) and residual is None
+                     and _onednn_bf16()))
             and x.numel() > 0 and _layout_of(x) is not None
             and (residual is None or (_is_channels_last(x) and _is_channels_last(residual)))
             and _onednn_post_ops is not None and torch.backends.mkldnn.is_available()
@@ -598,6 +611,13 @@ def _onednn_fusable(x, residual, backend):
 
 # The oneDNN convolutions with post-ops of ATen's mkldnn library (None where absent).
 _onednn_post_ops = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+
+
+@functools.cache
+def _onednn_bf16():
+    """Whether oneDNN runs bfloat16 convolutions on this CPU (as ATen's own check says)."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return check is not None and bool(check())
 # Packed copies kept per folded weight, one per input shape.
 _MAX_PACKED_SHAPES = 8
 
@@ -631,8 +651,7 @@ def _onednn_convolution(x, weight, bias, residual, conv_args, relu, packed, back
     stride, padding, dilation, groups = conv_args
     args = (list(padding), list(stride), list(dilation), groups)
     weight = _packed_weight(weight, x, conv_args, packed)
-    bias = bias.to(x.dtype)
-    if residual is None:
+    if residual is None:  # a float32 bias, added before the output is rounded to x's dtype
         return _onednn_post_ops(x, weight, bias, *args, "relu" if relu else "none", [], None)
     return _onednn_post_ops.binary(x, residual, weight, bias, *args, "add", 1.0,
                                    "relu" if relu else None, [], None)

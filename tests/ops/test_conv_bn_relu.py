@@ -449,12 +449,40 @@ def test_onednn_post_ops_match_eager(post_ops, case, channels_last, with_residua
         assert post_ops.calls == [("binary" if with_residual else "unary", channels_last)]
 
 
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_onednn_bfloat16_post_ops_match_eager(post_ops, case, with_residual, relu):
+    """bfloat16 channels_last CPU inference without a residual by one oneDNN convolution
+    with post-ops (where oneDNN runs bfloat16; else, and with a residual, the C++
+    epilogue): eager's numbers in float64 within bfloat16's tolerance, channels_last and
+    bfloat16 out."""
+    conv_kwargs, shape = case
+    conv, bn = make_modules(**conv_kwargs, dtype=torch.bfloat16)
+    conv.eval(), bn.eval()
+    x = randn(*shape, dtype=torch.bfloat16, channels_last=True)
+    residual = None
+    with torch.no_grad():
+        if with_residual:
+            residual = randn(*conv(x).shape, dtype=torch.bfloat16, channels_last=True)
+        expected = eager(x.double(), copy.deepcopy(conv).double(), copy.deepcopy(bn).double(),
+                         relu, None if residual is None else residual.double())
+        z = conv_bn_relu(x, conv, bn, relu, residual)
+    assert z.is_contiguous(memory_format=torch.channels_last) and z.dtype == torch.bfloat16
+    assert_close_to_reference(z, expected, torch.bfloat16, "cpp", "cpu", convolution=True)
+    if conv_bn_relu_impl._onednn_bf16() and not with_residual:
+        assert post_ops.calls == [("unary", True)]
+    else:  # a bfloat16 residual keeps the epilogue (see _onednn_fusable)
+        assert post_ops.calls == []
+
+
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_onednn_post_ops_rule(post_ops):
     """Which inference calls run oneDNN's post-ops: float32 CPU inputs in NCHW or
-    channels_last without autograd, with no residual or a channels_last one as channels_last
-    as x, on the C++ backend, while oneDNN is enabled, unless they take the channels_last
-    route (NCHW, where measured faster)."""
+    channels_last (bfloat16 ones in channels_last, where oneDNN runs bfloat16) without
+    autograd, with no residual or a channels_last one as channels_last as x, on the C++
+    backend, while oneDNN is enabled, unless they take the channels_last route (NCHW, where
+    measured faster)."""
     conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
     conv.eval(), bn.eval()
     x, x_cl = randn(2, 4, 5, 6), randn(2, 4, 5, 6, channels_last=True)
@@ -469,10 +497,18 @@ def test_onednn_post_ops_rule(post_ops):
             conv_bn_relu(x, conv, bn)
         with fastcnn.use_backend("reference"):
             conv_bn_relu(x, conv, bn)
-        for dtype in (torch.float64, torch.bfloat16):
+        for dtype in (torch.float64, torch.bfloat16):  # NCHW
             conv_bn_relu(x.to(dtype), copy.deepcopy(conv).to(dtype), copy.deepcopy(bn).to(dtype))
+        for dtype in (torch.float64, torch.float16):  # channels_last
+            conv_bn_relu(x_cl.to(dtype), copy.deepcopy(conv).to(dtype),
+                         copy.deepcopy(bn).to(dtype))
+        bf16 = copy.deepcopy(conv).bfloat16(), copy.deepcopy(bn).bfloat16()
+        conv_bn_relu(x_cl.bfloat16(), *bf16)
+        conv_bn_relu(x_cl.bfloat16(), *bf16, residual=r_cl.bfloat16())
     conv_bn_relu(x.clone().requires_grad_(), conv, bn)
-    assert post_ops.calls == [("unary", False), ("unary", True), ("binary", True)]
+    conv_bn_relu(x_cl.bfloat16().requires_grad_(), *bf16)
+    bf16_calls = [("unary", True)] if conv_bn_relu_impl._onednn_bf16() else []
+    assert post_ops.calls == [("unary", False), ("unary", True), ("binary", True)] + bf16_calls
 
 
 def test_onednn_packed_weights_follow_shapes_and_updates(post_ops):
