@@ -599,14 +599,15 @@ def _onednn_fusable(x, residual, backend):
     lacks bfloat16). NCHW bfloat16 keeps it too (oneDNN's NCHW bfloat16 path failed an
     internal assert on an earlier host), as do float16 (oneDNN's float16 convolution ran
     at a tenth of bfloat16's speed here) and float64 (oneDNN lacks it)."""
-    return (backend == "cpp" and x.device.type == "cpu"
+    return (not torch.compiler.is_compiling()  # first: torch.compile traces no further
+            and backend == "cpp" and x.device.type == "cpu"
             and (x.dtype == torch.float32
                  or (x.dtype == torch.bfloat16 and _is_channels_last(x) and residual is None
                      and _onednn_bf16()))
             and x.numel() > 0 and _layout_of(x) is not None
             and (residual is None or (_is_channels_last(x) and _is_channels_last(residual)))
             and _onednn_post_ops is not None and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling())
+            and torch.backends.mkldnn.enabled)
 
 
 # The oneDNN convolutions with post-ops of ATen's mkldnn library (None where absent).

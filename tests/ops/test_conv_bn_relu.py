@@ -1089,6 +1089,26 @@ def test_torch_compile_fullgraph(backend, train):
     torch.testing.assert_close(net.b.bn.num_batches_tracked, twin.b.bn.num_batches_tracked)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_torch_compile_fullgraph_inference(dtype, channels_last):
+    """Inference in the dtypes and layouts whose eager calls run oneDNN's post-ops or the
+    measured NCHW route: torch.compile(fullgraph=True) traces them, with eager's numbers."""
+    block = fastcnn.nn.ConvBNReLU(4, 6, 3, padding=1)
+    conv, bn = make_modules(4, 6, 3, dtype=dtype, padding=1)
+    conv.eval(), bn.eval()
+    block.conv.load_state_dict(conv.state_dict())
+    block.bn.load_state_dict(bn.state_dict())
+    block = block.to(dtype).eval()
+    x = randn(2, 4, 7, 7, dtype=dtype, channels_last=channels_last)
+    with torch.no_grad():
+        expected = eager(x.double(), copy.deepcopy(conv).double(), copy.deepcopy(bn).double())
+        torch._dynamo.reset()
+        z = torch.compile(block, fullgraph=True)(x)
+    assert z.dtype == dtype
+    assert_close_to_reference(z, expected, dtype, "cpp", "cpu", convolution=True)
+
+
 def test_module_keys_and_numbers():
     block = fastcnn.nn.ConvBNReLU(4, 8, 3, stride=2, padding=1, eps=1e-3, momentum=0.2)
     assert list(block.state_dict()) == ["conv.weight", "bn.weight", "bn.bias",
