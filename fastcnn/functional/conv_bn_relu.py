@@ -7,10 +7,11 @@ beta + (b - running_mean) * gamma / sqrt(running_var + eps). The folded weights 
 per (conv, bn) pair and refolded when any parameter or buffer changes. The convolution runs
 without bias and one pass over its output adds the bias (and the residual) and applies the
 ReLU in place (or, where an NCHW float32 CPU convolution runs in channels_last, writes
-the NCHW result from the channels_last output). Float32 CPU calls without an NCHW residual
-run one oneDNN convolution whose post-ops do that epilogue as it writes its output instead
-(_onednn_fusable); for NCHW inputs the faster of the two is chosen per shape by
-measurement (_cpu_inference). On the Triton backend a Triton
+the NCHW result from the channels_last output). Float32 CPU calls without an NCHW residual,
+and bfloat16 channels_last ones without a residual, run one oneDNN convolution whose
+post-ops do that epilogue as it writes its output instead (_onednn_fusable); for NCHW
+inputs the faster of that and the channels_last route is chosen per shape by measurement
+(_cpu_inference). On the Triton backend a Triton
 convolution with the epilogue fused may run instead, where it measured faster for the
 shape (_inference_convolution_choice).
 
@@ -619,6 +620,8 @@ def _onednn_bf16():
     """Whether oneDNN runs bfloat16 convolutions on this CPU (as ATen's own check says)."""
     check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
     return check is not None and bool(check())
+
+
 # Packed copies kept per folded weight, one per input shape.
 _MAX_PACKED_SHAPES = 8
 
