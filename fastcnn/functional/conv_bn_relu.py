@@ -25,6 +25,7 @@ import contextlib
 import functools
 import statistics
 import time
+import warnings
 import weakref
 
 import torch
@@ -710,7 +711,14 @@ def _inference_convolution_choice(x, weight, bias, residual, conv_args, relu):
 
 def _measure_inference_convolutions(x, weight, bias, residual, conv_args, relu):
     """The fastest of the vendor's convolution + epilogue and each Triton configuration on
-    these very tensors (each timed after a first, compiling, call)."""
+    these very tensors (each timed after a first, compiling, call).
+
+    A configuration is left out where it cannot run on this GPU (OutOfResources: too big
+    for its shared memory), and, with a warning, where it fails otherwise (compiling or
+    launching) or its output differs from the vendor's by more than rounding
+    (_INFERENCE_CHECK_TOLERANCE): the Triton convolution is tested through the interpreter
+    and compiled for sm_80 and sm_90, but has not run on a GPU yet, and a fault there must
+    cost the shape its speed-up, not its result."""
     from triton.runtime.errors import OutOfResources
 
     from fastcnn.kernels.triton import conv as triton_conv
@@ -718,18 +726,48 @@ def _measure_inference_convolutions(x, weight, bias, residual, conv_args, relu):
     def vendor():
         y = _convolution(x, weight, conv_args)
         ops.channel_affine_act_(y, None, bias, residual, relu, "triton")
+        return y
 
-    candidates = {"vendor": vendor}
+    expected = vendor()
+    times = {"vendor": _time_ms(vendor, x.device)}
     for index in range(len(triton_conv.CONFIGS)):
-        candidates[index] = (lambda i: lambda: _triton_convolution(
-            x, weight, bias, residual, conv_args, relu, i))(index)
-    times = {}
-    for choice, run in candidates.items():
+        def run(index=index):
+            return _triton_convolution(x, weight, bias, residual, conv_args, relu, index)
+
         try:
-            times[choice] = _time_ms(run, x.device)
+            found = run()
         except OutOfResources:  # a configuration too big for this GPU: not chosen
-            pass
+            continue
+        except Exception as error:  # any fault: the vendor's path and the others remain
+            _warn_configuration_left_out(index, f"it failed: {type(error).__name__}: {error}")
+            continue
+        if not _agrees(found, expected):
+            _warn_configuration_left_out(index, "its output differed from the vendor "
+                                         "convolution's beyond rounding")
+            continue
+        times[index] = _time_ms(run, x.device)
     return min(times, key=times.get)
+
+
+# Largest difference between the Triton convolution's output and the vendor's accepted by
+# the check of _measure_inference_convolutions, in units of the largest |output|: above
+# bfloat16's rounding and TF32's (cuDNN's default for float32), far below a wrong index.
+_INFERENCE_CHECK_TOLERANCE = 2e-2
+
+
+def _agrees(found, expected):
+    """Whether found and expected agree to _INFERENCE_CHECK_TOLERANCE (NaN where both are)."""
+    scale = expected.float().abs().nan_to_num(posinf=0.0).amax() if expected.numel() else 0.0
+    return torch.allclose(found.float(), expected.float(), rtol=0.0,
+                          atol=_INFERENCE_CHECK_TOLERANCE * float(scale), equal_nan=True)
+
+
+def _warn_configuration_left_out(index, why):
+    from fastcnn.kernels.triton.conv import CONFIGS
+
+    warnings.warn(f"fastcnn: conv_bn_relu inference leaves out the Triton convolution's "
+                  f"configuration {index} {CONFIGS[index]} for this shape: {why}; the others "
+                  f"and the vendor's convolution remain", RuntimeWarning, stacklevel=2)
 
 
 def _time_ms(run, device, repeats=5):

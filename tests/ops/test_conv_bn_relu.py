@@ -713,6 +713,47 @@ def test_inference_convolution_is_chosen_by_measurement_once_per_shape(triton_de
         assert ran == [] and len(timed) == 2 * len(fake_ms)
 
 
+@pytest.mark.parametrize("fault", ["raises", "wrong"])
+def test_inference_measurement_leaves_out_faulty_configurations(triton_device, monkeypatch,
+                                                                fault):
+    """A Triton configuration that fails on the device (other than by running out of
+    resources), or whose output is off by more than rounding, is never chosen, however fast
+    it timed, and a warning names it; the rest are measured as before."""
+    monkeypatch.setattr(conv_bn_relu_impl, "_convolution_choices", {})
+    monkeypatch.setattr(conv_bn_relu_impl, "_triton_convolution_eligible",
+                        lambda x, weight, conv_args, backend: True)
+    from fastcnn.kernels.triton.conv import CONFIGS
+    faulty, runner_up = 0, 2
+    assert len(CONFIGS) > runner_up
+    ran = []  # the configurations run by the call being timed
+    real = conv_bn_relu_impl._triton_convolution
+
+    def triton_convolution(*args):
+        ran.append(args[-1])
+        z = real(*args)
+        if args[-1] == faulty:
+            if fault == "raises":
+                raise RuntimeError("no kernel image for this device")
+            z[0, 0, 1, 1] += 0.5 * z.abs().max()  # one wrong element
+        return z
+
+    def fake_time(run, device):  # the faulty configuration would be the fastest
+        ran.clear()
+        run()
+        return {None: 5.0, faulty: 1.0, runner_up: 2.0}.get(ran[-1] if ran else None, 3.0)
+
+    monkeypatch.setattr(conv_bn_relu_impl, "_time_ms", fake_time)
+    monkeypatch.setattr(conv_bn_relu_impl, "_triton_convolution", triton_convolution)
+    conv, bn = make_modules(4, 6, 3, padding=1, dtype=torch.float32, device=triton_device)
+    conv.eval(), bn.eval()
+    x = randn(2, 4, 5, 6, device=triton_device)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match=f"configuration {faulty} "):
+        z = conv_bn_relu(x, conv, bn)
+    assert list(conv_bn_relu_impl._convolution_choices.values()) == [runner_up]
+    assert_close_to_reference(z, eager(x, conv, bn), torch.float32, "triton", triton_device,
+                              convolution=True)
+
+
 def test_mixed_layouts(backend_device):
     """A channels_last input with an NCHW residual: the kernels read each with its strides."""
     backend, device = backend_device
