@@ -42,7 +42,8 @@ class Op:
     # It replaces ours and theirs.
     make: object = None
     # Untimed calls before each implementation's samples (at least run()'s `warmup`):
-    # fastcnn's conv_bn_relu measures its NCHW inference over its first 14 calls per shape.
+    # fastcnn's conv_bn_relu measures its NCHW inference over its first 14 calls per shape
+    # and its NCHW training steps over their first 14 or 21.
     warmup: int = 2
 
 
@@ -125,7 +126,7 @@ OPS = {
         min_bytes=None,
         quick=(("resnet50.layer1.0.conv2", "NCHW"), ("resnet50.layer1.1.conv1", "NCHW")),
         make=_conv_bn_relu,
-        warmup=16,
+        warmup=32,
     ),
     "lrn": Op(
         ours=functools.partial(fastcnn.functional.local_response_norm, **_LRN_ARGS),

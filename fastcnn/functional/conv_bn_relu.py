@@ -18,7 +18,9 @@ shape (_inference_convolution_choice).
 Training (the BatchNorm in training mode, or without running statistics): the convolution,
 one pass for the batch statistics, one pass for normalisation + affine (+ residual)
 (+ ReLU); backward one pass for the per-channel sums, one for the gradient of the
-convolution's output (and of the residual), then the convolution's backward (ATen).
+convolution's output (and of the residual), then the convolution's backward. On CPU,
+NCHW convolutions run on a channels_last copy where one is open, and pointwise ones
+choose per shape by measurement between that, GEMMs and oneDNN in NCHW (_training_way).
 """
 
 import contextlib
@@ -38,26 +40,27 @@ from fastcnn.ops.conv_bn_relu import stat_dtype
 
 
 def _is_pointwise_gemm(x, weight, conv_args):
-    """Whether conv(x) runs as a batched matrix product in a training step: a 1x1
-    convolution with stride 1, no padding and one group, on a contiguous (NCHW)
-    float32/float64 CPU tensor. There it is one GEMM per image over x's own memory,
-    W (C_out, C_in) @ x[n] (C_in, H*W), which allocates nothing but its output, while
-    oneDNN's NCHW convolution allocates buffers for reordered operands in every call: for
-    (16, 256, 56, 56) 256->64 on a 2-core EPYC it faulted in 77 MB of fresh pages per call
-    under glibc's default malloc (which maps blocks over 32 MB anew each time) and took
-    26 ms against the GEMMs' 9-12 ms; where the allocator kept freed memory
-    (MALLOC_MMAP_THRESHOLD_ raised) it took 7.8 ms against 9.5.
+    """Whether conv(x) can run as a batched matrix product in a training step (the first of
+    the ways _training_way measures): a 1x1 convolution with stride 1, no padding and one
+    group, on a contiguous (NCHW) float32/float64 CPU tensor. There it is one GEMM per
+    image over x's own memory, W (C_out, C_in) @ x[n] (C_in, H*W), which allocates nothing
+    but its output, while oneDNN's NCHW convolution allocates buffers for reordered
+    operands in every call: for (16, 256, 56, 56) 256->64 on a 2-core EPYC it faulted in 77
+    MB of fresh pages per call under glibc's default malloc (which maps blocks over 32 MB
+    anew each time) and took 26 ms against the GEMMs' 9-12 ms; where the allocator kept
+    freed memory (MALLOC_MMAP_THRESHOLD_ raised) it took 7.8 ms against 9.5.
 
     In interleaved runs of training steps of ResNet-50's layer1 1x1 layers (256->64, and
     64->256 with the residual), the GEMMs reached 2.2x and 1.9x eager's speed under glibc's
     defaults against 1.0x and 1.5x with ATen's convolution, and 0.96x and 1.1x where memory
     was kept against 1.08x and 1.25x. Their inference was 0.7-0.9x eager's for 256->64 in
-    the benchmark runs under either allocator (eager's convolution did not fault there),
-    so inference keeps ATen's convolution and the in-place epilogue, never slower than
-    eager's. Choosing by a probe of the allocator (the page faults of writing a freed 64 MB
-    block again) was tried and dropped: with freed memory kept, the block was faulted in
-    anew in some runs and not in others on these virtual machines. Channels_last and CUDA
-    tensors keep ATen's convolution."""
+    the benchmark runs under either allocator (eager's convolution did not fault there), so
+    inference keeps ATen's convolution and the in-place epilogue, never slower than
+    eager's. Which way wins a training step depends on the allocator, so training steps
+    measure them (_training_way): a probe of the allocator instead (the page faults of
+    writing a freed 64 MB block again) was tried and dropped, as with freed memory kept the
+    block was faulted in anew in some runs and not in others on these virtual machines.
+    Channels_last and CUDA tensors keep ATen's convolution."""
     stride, padding, _, groups = conv_args
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and weight.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
@@ -87,8 +90,8 @@ _forced_layout = None
 def force_conv_layout(channels_last):
     """Within the block, run the convolution of every eligible conv_bn_relu call (a
     training step, or inference without autograd) in channels_last (True) or in its
-    input's layout (False) instead of by _runs_channels_last's rule or _cpu_inference's
-    measurement (None): for tests, for timing either side, and for pinning one."""
+    input's layout (False) instead of by _training_way's or _cpu_inference's measurement
+    (None): for tests, for timing either side, and for pinning one."""
     global _forced_layout
     previous, _forced_layout = _forced_layout, channels_last
     try:
@@ -97,44 +100,118 @@ def force_conv_layout(channels_last):
         _forced_layout = previous
 
 
-def _route_eligible(x, weight, conv_args):
-    """Whether the convolution of x may run on a channels_last copy of it (see
-    _runs_channels_last and _cpu_inference): an NCHW float32 CPU input whose convolution
-    is no pointwise GEMM, outside what torch.compile traces."""
+def _copy_eligible(x):
+    """Whether the convolution of x may run on a channels_last copy of it: an NCHW float32
+    CPU input, outside what torch.compile traces."""
     return (x.device.type == "cpu" and x.dtype == torch.float32
             and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
-            and not _is_pointwise_gemm(x, weight, conv_args)
             and not torch.compiler.is_compiling())
 
 
-def _runs_channels_last(x, weight, conv_args, residual):
-    """Whether the convolution of a training step runs on a channels_last copy of its NCHW
-    float32 CPU input (_route_eligible).
-
-    oneDNN's NCHW convolution reorders its operands to and from a blocked layout inside
-    every call and runs a slower kernel on them; on the 2-core Xeon these benchmarks run
-    on, its channels_last convolution was faster, forward and backward, on every float32
-    shape we timed, copies included: ResNet's 3x3 convolutions at 56, 28, 14 and 7 pixels
-    (64 to 512 channels), strided ones, the 7x7 stem, grouped (ResNeXt) and depthwise ones;
-    for 3x3 64->64 on (16, 64, 56, 56) the backward took 34-44 ms against 59-79. The route
-    costs a copy of the input in forward (which backward keeps instead of x: in a chain of
-    layers that holds as many activations as eager), the epilogue writing NCHW from
-    channels_last, and in backward copies of the incoming gradient and of the input's
-    gradient, all transposed by blocks in registers (about 1.2-1.7x the time of a plain
-    copy of the tensor); a training step of that layer gained about 20% over NCHW in our
-    runs (medians of interleaved samples). On a 2-core EPYC (Zen 5) the rule held too: the
-    route's training step was 1.05-1.25x eager's for 3x3 convolutions at 56, 28, 14 and 7
-    pixels (NCHW: 0.97-1.24x). Training keeps NCHW for residual layers (backward would
-    need their residual in channels_last too). Inference chooses by measurement
-    (_cpu_inference)."""
-    if residual is not None or not _route_eligible(x, weight, conv_args):
-        return False
-    return True if _forced_layout is None else _forced_layout
+def _route_eligible(x, weight, conv_args):
+    """Whether the convolution of an inference call may run on a channels_last copy of x
+    (see _cpu_inference): _copy_eligible, and no pointwise convolution (whose NCHW oneDNN
+    post-ops measured faster)."""
+    return _copy_eligible(x) and not _is_pointwise_gemm(x, weight, conv_args)
 
 
-def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight):
-    """(dL/dx, dL/dweight) of _convolution, each None where not needed."""
-    if _is_pointwise_gemm(x, weight, conv_args):
+def _training_ways(x, weight, conv_args, residual):
+    """The ways the convolution of a training step can run, the default one first:
+    "gemm" (a pointwise NCHW convolution as GEMMs, _is_pointwise_gemm), "route" (on a
+    channels_last copy of an NCHW float32 input, _copy_eligible, without a residual:
+    backward would read an NCHW residual beside channels_last tensors) and "direct"
+    (ATen's convolution in x's layout)."""
+    ways = ["gemm"] if _is_pointwise_gemm(x, weight, conv_args) else []
+    if residual is None and _copy_eligible(x):
+        ways.append("route")
+    return (*ways, "direct")
+
+
+def _training_way(x, weight, conv_args, residual, relu, measure):
+    """How the convolution of this training step runs (_training_ways), and the
+    _StepSample to time the step in while the ways are measured (else None).
+
+    Unless force_conv_layout says (True: the route; False: x's layout, the GEMMs for a
+    pointwise one), a pointwise convolution's step where gradients will flow (`measure`)
+    takes the open ways in turn over its key's first steps (a _Trial of whole steps,
+    forward and backward: _TRAINING_TRIAL), and the key keeps the fastest; other steps
+    take the first way. The ways differ in rounding only.
+
+    Which way wins a pointwise step depends on the allocator, by up to 2x (float32, batch
+    16, interleaved medians of training steps against eager's, on a 2-core EPYC). For the
+    1x1 256->64 on (16, 256, 56, 56) the GEMMs ran at 1.85-2.05x under glibc's default
+    malloc (where oneDNN's NCHW convolution faults in fresh pages for its reorder buffers
+    in every call), the route at 1.28x and ATen's NCHW convolution at 1.0x; with freed
+    memory kept, the GEMMs ran at 0.85-0.98x, ATen's at 1.03-1.11x and the route at 1.18x.
+    For the 1x1 64->256 with the identity, the GEMMs ran at 2.07x against ATen's 1.43x
+    under the defaults, and 1.09x against 1.21x with memory kept. Other convolutions keep
+    the route where it is open: oneDNN's NCHW convolution reorders its operands to and from
+    a blocked layout in every call and runs a slower kernel on them, and the route was the
+    faster for every 3x3 convolution we timed on both hosts (on the Xeon, 3x3 64->64
+    backward took 34-44 ms against 59-79; on the EPYC 1.05-1.25x eager at 56 to 7 pixels
+    against NCHW's 0.97-1.24x), by too little for five samples a way to tell apart on
+    these hosts: measured, NCHW won the 3x3 64->64 in two of four benchmark runs, then
+    ran at 0.90-0.96x eager. The route costs a copy of the input in forward (which
+    backward keeps instead of x: in a chain of layers that holds as many activations as
+    eager), the epilogue writing NCHW from channels_last, and in backward copies of the
+    incoming gradient and of the input's gradient, all transposed by blocks in registers
+    (about 1.2-1.7x the time of a plain copy of the tensor)."""
+    ways = _training_ways(x, weight, conv_args, residual)
+    if _forced_layout is not None:
+        in_layout = "direct" if ways[0] == "route" else ways[0]
+        return ("route" if _forced_layout and "route" in ways else in_layout), None
+    if not measure or ways[0] != "gemm" or torch.compiler.is_compiling():
+        return ways[0], None
+    key = (*_convolution_key(x, weight, residual, conv_args, relu), x.requires_grad,
+           weight.requires_grad, torch.get_num_threads())
+    trial = _training_choices.get(key)
+    if isinstance(trial, str):
+        return trial, None
+    if trial is None:
+        trial = _training_choices[key] = _Trial(ways, **_TRAINING_TRIAL)
+    way, timed = trial.next()
+    if not timed:
+        return way, None
+    # parts: the forward, the training Function's backward, and on the route with x's
+    # gradient wanted, the copy of that gradient back to NCHW
+    parts = 3 if way == "route" and x.requires_grad else 2
+    return way, _StepSample(key, trial, way, parts)
+
+
+# The schedule of a training step's _Trial: 20 steps for two ways, 30 for three, each
+# timed step after one of its own way. (Taken one step each in turn, oneDNN's NCHW
+# convolution after the other ways' steps took 51-85 ms against 75-85 ms after its own,
+# and won over the GEMMs, about 45 ms, in some benchmark runs under glibc's defaults.)
+_TRAINING_TRIAL = dict(warmup=0, rounds=5, block=2)
+# Pointwise NCHW CPU training steps (_training_way): per key, the way measured fastest,
+# or the _Trial measuring them.
+_training_choices = {}
+
+
+class _StepSample:
+    """The time of one measured training step, taken in parts (its forward, then its
+    backward pieces), recorded in its _Trial as the last part ends; the key keeps the
+    trial's winner once it has one. A step whose backward never runs, or (on the route)
+    never reaches x, records nothing."""
+
+    def __init__(self, key, trial, way, parts):
+        self.key, self.trial, self.way, self.parts = key, trial, way, parts
+        self.seconds = 0.0
+
+    def add(self, seconds):
+        self.seconds += seconds
+        self.parts -= 1
+        if self.parts == 0:
+            self.trial.record(self.way, self.seconds)
+            winner = self.trial.fastest()
+            if winner is not None and _training_choices.get(self.key) is self.trial:
+                _training_choices[self.key] = winner
+
+
+def _convolution_backward(grad_y, x, weight, conv_args, need_x, need_weight, gemm=True):
+    """(dL/dx, dL/dweight) of _convolution (with the same gemm), each None where not
+    needed."""
+    if gemm and _is_pointwise_gemm(x, weight, conv_args):
         n, c_in, h, w = x.shape
         c_out = weight.shape[0]
         g3 = grad_y.reshape(n, c_out, h * w)
@@ -157,20 +234,24 @@ class ToChannelsLastFunction(torch.autograd.Function):
     """A channels_last copy of an NCHW x, whose gradient goes back NCHW (x's layout) rather
     than channels_last. The copies are the backend's convert_layout (the C++ one transposes
     by blocks in registers); differentiable twice over: with create_graph, backward copies
-    with ATen, which autograd sees through."""
+    with ATen, which autograd sees through. A measured step's copy back (sample, a
+    _StepSample) is the last part of its time."""
 
     @staticmethod
-    def forward(ctx, x, backend):
-        ctx.backend = backend
+    def forward(ctx, x, backend, sample):
+        ctx.backend, ctx.sample = backend, sample
         return ops.convert_layout(x, True, backend)
 
     @staticmethod
     def backward(ctx, grad):
+        begin = None if ctx.sample is None else time.perf_counter()
         if torch.is_grad_enabled():
-            return grad.contiguous(), None
-        if grad.is_contiguous():
-            return grad, None
-        return ops.convert_layout(grad, False, ctx.backend), None
+            grad = grad.contiguous()
+        elif not grad.is_contiguous():
+            grad = ops.convert_layout(grad, False, ctx.backend)
+        if begin is not None:
+            ctx.sample.add(time.perf_counter() - begin)
+        return grad, None, None
 
 
 def _layout_of(t):
@@ -199,10 +280,11 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, conv_bias, bn_weight, bn_bias, residual, conv_args, eps, relu,
-                nchw_output, backend):
-        # nchw_output: x is the channels_last copy of the caller's NCHW input (see
-        # _runs_channels_last), and z is NCHW as that input was.
-        y = _convolution(x, weight, conv_args)
+                way, sample, backend):
+        # way (_training_way): on the "route", x is the channels_last copy of the caller's
+        # NCHW input, and z is NCHW as that input was. sample: a measured step's time.
+        nchw_output = way == "route"
+        y = _convolution(x, weight, conv_args, gemm=way == "gemm")
         # A conv bias shifts y and its batch mean alike, so it cancels in the normalised
         # value: the convolution runs without it (the caller adds it to the running mean).
         mean, var = ops.batch_norm_stats(y, backend)
@@ -218,15 +300,24 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight, y, residual if relu else None, mean, invstd,
                               bn_weight, bn_bias, conv_bias)
         ctx.conv_args, ctx.eps, ctx.relu, ctx.backend = conv_args, eps, relu, backend
-        ctx.nchw_output = nchw_output
+        ctx.way, ctx.sample = way, sample
         ctx.mark_non_differentiable(mean, var)
         return z, mean, var
 
     @staticmethod
     def backward(ctx, grad_z, _grad_mean, _grad_var):
+        if ctx.sample is None:  # (torch.compile traces no clock)
+            return ConvBatchNormTrainingFunction._gradients(ctx, grad_z)
+        begin = time.perf_counter()
+        grads = ConvBatchNormTrainingFunction._gradients(ctx, grad_z)
+        ctx.sample.add(time.perf_counter() - begin)
+        return grads
+
+    @staticmethod
+    def _gradients(ctx, grad_z):
         x, weight, y, residual, mean, invstd, bn_weight, bn_bias, conv_bias = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grads = [None] * 11
+        grads = [None] * 12
         if need[2]:
             # The conv bias cancels in the normalised value: its gradient is exactly zero.
             grads[2] = torch.zeros_like(conv_bias)
@@ -245,7 +336,7 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
             for i, g in zip(wanted, found):
                 grads[i] = g
             return tuple(grads)
-        if ctx.nchw_output and not grad_z.is_contiguous(memory_format=torch.channels_last):
+        if ctx.way == "route" and not grad_z.is_contiguous(memory_format=torch.channels_last):
             # the passes below read grad_z alongside y, channels_last
             grad_z = ops.convert_layout(grad_z, True, ctx.backend)
         scale, shift = _scale_and_shift(mean, invstd, bn_weight, bn_bias)
@@ -258,8 +349,8 @@ class ConvBatchNormTrainingFunction(torch.autograd.Function):
         if grad_residual_from_kernel:
             grads[5] = grad_residual[0]
         grads[0], grads[1] = _convolution_backward(grad_y, x, weight, ctx.conv_args, need[0],
-                                                   need[1])
-        if ctx.nchw_output and grads[1] is not None and _layout_of(weight) is not None:
+                                                   need[1], gemm=ctx.way == "gemm")
+        if ctx.way == "route" and grads[1] is not None and _layout_of(weight) is not None:
             # the weight's gradient in the weight's layout (the convolution ran with x's)
             grads[1] = grads[1].contiguous(memory_format=_layout_of(weight))
         if need[3]:
@@ -485,33 +576,37 @@ _cpu_inference_choices = {}
 
 
 class _Trial:
-    """Measures implementations on the calls they serve: the first `warmup` rounds give
-    each of `names` a call untimed (oneDNN creates its primitives there, and the
-    allocator settles), the next `rounds` a timed call each, in turn, the order reversed
-    every other round so that a drifting machine and the allocator's state after the
-    previous call weigh on all alike. Then the lowest median wins. (Single timings on
-    these shared hosts move by 10-20%, interleaved medians by a few percent; timings in
-    the first call of a process, before the allocator settled, ranked the two in reverse
-    of their later order in some runs, hence the warm-up and the real calls.)"""
+    """Measures implementations on the calls they serve: in each round, each of `names`
+    in turn gets `block` calls in a row, the order reversed every other round so that a
+    drifting machine and the allocator's state after the previous call weigh on all alike;
+    the first `warmup` rounds are untimed (oneDNN creates its primitives there, and the
+    allocator settles), and in the next `rounds` the last call of each block is timed
+    (after block - 1 calls that leave the allocator as the name's own calls do, which is
+    what it will find once chosen). Then the lowest median wins. (Single timings on these
+    shared hosts move by 10-20%, interleaved medians by a few percent; timings in the first
+    call of a process, before the allocator settled, ranked the two in reverse of their
+    later order in some runs, hence the warm-up and the real calls.)"""
 
-    def __init__(self, names, warmup=2, rounds=5):
-        self.names, self.warmup, self.rounds = tuple(names), warmup, rounds
+    def __init__(self, names, warmup=2, rounds=5, block=1):
+        self.names, self.warmup, self.rounds, self.block = tuple(names), warmup, rounds, block
         self.calls = 0
         self.samples = {name: [] for name in self.names}
 
     def next(self):
         """The name to run on this call, and whether to time it."""
-        round_, position = divmod(self.calls, len(self.names))
+        round_, position = divmod(self.calls, len(self.names) * self.block)
         self.calls += 1
         names = self.names if round_ % 2 == 0 else self.names[::-1]
-        return names[position], round_ >= self.warmup
+        index, call = divmod(position, self.block)
+        return names[index], round_ >= self.warmup and call == self.block - 1
 
     def record(self, name, seconds):
         self.samples[name].append(seconds)
 
     def fastest(self):
-        """The winner once every round has run, else None."""
-        if self.calls < len(self.names) * (self.warmup + self.rounds):
+        """The winner once every name has its rounds' samples, else None (a training step's
+        sample comes in with its backward, after later calls may have begun)."""
+        if any(len(samples) < self.rounds for samples in self.samples.values()):
             return None
         return min(self.names, key=lambda name: statistics.median(self.samples[name]))
 
@@ -799,12 +894,18 @@ def _training(x, conv, bn, relu, residual, conv_args, backend):
     if residual is x:
         # torch.compile cannot trace one tensor given twice to an autograd.Function
         residual = residual.view_as(residual)
-    channels_last = _runs_channels_last(x, conv.weight, conv_args, residual)
-    if channels_last:
+    measure = backend == "cpp" and _wants_grad(x, conv.weight, conv.bias, bn.weight, bn.bias,
+                                               residual)
+    way, sample = _training_way(x, conv.weight, conv_args, residual, relu, measure)
+    begin = None if sample is None else time.perf_counter()
+    if way == "route":
         # The copy is an autograd step of its own: the training Function saves it as its
         # input (so backward keeps the copy, not x, and second derivatives flow through
         # it to x), and x's gradient comes back NCHW.
-        x = ToChannelsLastFunction.apply(x, backend)
-    return ConvBatchNormTrainingFunction.apply(
-        x, conv.weight, conv.bias, bn.weight, bn.bias, residual, conv_args, bn.eps, relu,
-        channels_last, backend)
+        x = ToChannelsLastFunction.apply(x, backend, sample)
+    outputs = ConvBatchNormTrainingFunction.apply(
+        x, conv.weight, conv.bias, bn.weight, bn.bias, residual, conv_args, bn.eps, relu, way,
+        sample, backend)
+    if sample is not None:
+        sample.add(time.perf_counter() - begin)
+    return outputs

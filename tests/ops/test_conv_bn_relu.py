@@ -168,9 +168,10 @@ def test_channels_last_matches_eager_and_keeps_its_layout(backend_device, train)
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_pointwise_convolution_keeps_nchw(train, monkeypatch):
-    """A 1x1 convolution of an NCHW float32 tensor runs as a GEMM over x's memory where
-    gradients are wanted, and as ATen's convolution in inference; its output and gradients
-    are laid out as eager's."""
+    """A 1x1 convolution of an NCHW float32 tensor runs as a GEMM over x's memory in a
+    training step kept in x's layout (one of the ways measured, _training_way) and where
+    gradients are wanted in eval mode, and as ATen's convolution in inference; its output
+    and gradients are laid out as eager's."""
     conv, bn = make_modules(8, 6, 1, dtype=torch.float32)
     bn.train(train)
     x = randn(2, 8, 5, 7)
@@ -179,8 +180,9 @@ def test_pointwise_convolution_keeps_nchw(train, monkeypatch):
     bmm = torch.bmm
     monkeypatch.setattr(torch, "bmm", lambda *args: products.append(1) or bmm(*args))
     x.requires_grad_()
-    z = conv_bn_relu(x, conv, bn)
-    z.backward(randn(*z.shape))
+    with conv_bn_relu_impl.force_conv_layout(False):
+        z = conv_bn_relu(x, conv, bn)
+        z.backward(randn(*z.shape))
     assert products  # forward and backward
     assert z.is_contiguous() and x.grad.is_contiguous() and conv.weight.grad.is_contiguous()
     products.clear()
@@ -220,13 +222,22 @@ def test_float32_training_either_layout_route(backend_device, case, channels_las
                                    atol=4 * tolerance(torch.float32)["rtol"])
 
 
-def test_layout_route_rule(monkeypatch):
-    """The channels_last route is for NCHW float32 CPU training steps without a residual
-    whose convolution is not a pointwise GEMM."""
-    routes = []
+def _training_ways_taken(monkeypatch):
+    """The ways (_training_way) of the training steps of conv_bn_relu from here on."""
+    ways = []
     real = conv_bn_relu_impl.ConvBatchNormTrainingFunction.apply
     monkeypatch.setattr(conv_bn_relu_impl.ConvBatchNormTrainingFunction, "apply",
-                        lambda *args: routes.append(args[9]) or real(*args))
+                        lambda *args: ways.append(args[9]) or real(*args))
+    return ways
+
+
+def test_layout_route_rule(monkeypatch):
+    """The ways open to a training step's convolution, the first taken where none is
+    measured: the GEMMs for pointwise NCHW float32/float64 convolutions, the channels_last
+    route for NCHW float32 CPU steps without a residual, ATen's convolution in x's layout;
+    force_conv_layout picks the route (True) or the first way in x's layout (False)."""
+    ways = _training_ways_taken(monkeypatch)
+    monkeypatch.setattr(conv_bn_relu_impl._Trial, "next", lambda self: (self.names[0], False))
     conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
     conv_bn_relu(randn(2, 4, 5, 6), conv, bn)
     conv_bn_relu(randn(2, 4, 5, 6, channels_last=True), conv, bn)
@@ -235,9 +246,115 @@ def test_layout_route_rule(monkeypatch):
     conv_bn_relu(randn(2, 4, 5, 6, dtype=torch.float64), conv.double(), bn.double())
     pointwise, pointwise_bn = make_modules(4, 6, 1, dtype=torch.float32)
     conv_bn_relu(randn(2, 4, 5, 6), pointwise, pointwise_bn)
+    conv_bn_relu(randn(2, 4, 5, 6, channels_last=True), pointwise, pointwise_bn)
     with conv_bn_relu_impl.force_conv_layout(False):
         conv_bn_relu(randn(2, 4, 5, 6, dtype=torch.float64).float(), conv.float(), bn.float())
-    assert routes == [True, False, False, False, False, False, False]
+        conv_bn_relu(randn(2, 4, 5, 6), pointwise, pointwise_bn)
+    with conv_bn_relu_impl.force_conv_layout(True):
+        conv_bn_relu(randn(2, 4, 5, 6), pointwise, pointwise_bn)
+        conv_bn_relu(randn(2, 4, 5, 6), conv, bn, residual=randn(2, 6, 5, 6))
+    conv_bn_relu(randn(2, 4, 5, 6, dtype=torch.float64), pointwise.double(),
+                 pointwise_bn.double(), residual=randn(2, 6, 5, 6, dtype=torch.float64))
+    assert ways == ["route", "direct", "direct", "direct", "direct", "gemm", "direct",
+                    "direct", "gemm", "route", "direct", "gemm"]
+    assert [conv_bn_relu_impl._training_ways(x, w, (s, p, d, 1), None) for x, w, s, p, d in [
+        (randn(2, 4, 5, 6), pointwise.float().weight, (1, 1), (0, 0), (1, 1)),
+        (randn(2, 4, 5, 6), pointwise.weight, (2, 2), (0, 0), (1, 1)),  # strided
+        (randn(2, 4, 5, 6, dtype=torch.float64), pointwise.double().weight, (1, 1), (0, 0),
+         (1, 1))]] == [("gemm", "route", "direct"), ("route", "direct"), ("gemm", "direct")]
+
+
+@pytest.mark.parametrize("way", ["gemm", "route", "direct"])
+def test_pointwise_training_each_way(monkeypatch, way):
+    """A pointwise NCHW float32 training step has eager's numbers whichever way its
+    convolution runs (outputs, every gradient, running statistics), in eager's layouts."""
+    ways = _training_ways_taken(monkeypatch)
+    monkeypatch.setattr(conv_bn_relu_impl, "_training_ways", lambda *args: (way,))
+    conv, bn = make_modules(8, 6, 1, dtype=torch.float32, bias=True)
+    x = randn(3, 8, 5, 7)
+    check_against_eager(x, conv, bn, steps=2)
+    assert ways == [way, way]
+    z = conv_bn_relu(x.clone().requires_grad_(), conv, bn)
+    assert z.is_contiguous() and conv.weight.grad.is_contiguous()
+
+
+@pytest.mark.parametrize("winner", ["gemm", "route", "direct"])
+def test_training_way_is_measured_per_shape(monkeypatch, winner):
+    """A pointwise NCHW float32 training step takes each open way in turn over its key's
+    first steps, two in a row, timing the second's whole step (forward, backward and the
+    route's copy of x's gradient back to NCHW), then keeps the fastest; steps without
+    gradients, steps under force_conv_layout and other convolutions' steps (the route) are
+    not measured, and every step has eager's numbers."""
+    monkeypatch.setattr(conv_bn_relu_impl, "_training_choices", {})
+    clock, ran = [0.0], []
+    # seconds of each way's convolution, forward and backward, and of the route's copy of
+    # x's gradient back to NCHW: the winner has the slowest forward, and the route would
+    # win where it does not without its copy
+    costs = {"gemm": (1.0, 5.0), "route": (1.0, 0.5), "direct": (2.0, 6.0)}
+    costs[winner] = (4.0, 0.5)
+    copy_back = 0.0 if winner == "route" else 5.0
+    ways = _training_ways_taken(monkeypatch)
+
+    def way_of(x, gemm):
+        if not x.is_contiguous():
+            return "route"
+        return "gemm" if gemm else "direct"
+
+    real_forward = conv_bn_relu_impl._convolution
+    real_backward = conv_bn_relu_impl._convolution_backward
+
+    def forward(x, weight, conv_args, gemm=True):
+        clock[0] += costs[way_of(x, gemm)][0]
+        return real_forward(x, weight, conv_args, gemm)
+
+    def backward(grad_y, x, weight, conv_args, need_x, need_weight, gemm=True):
+        clock[0] += costs[way_of(x, gemm)][1]
+        return real_backward(grad_y, x, weight, conv_args, need_x, need_weight, gemm)
+
+    real_copy = conv_bn_relu_impl.ops.convert_layout
+
+    def convert_layout(t, channels_last, backend):
+        if not channels_last and t.dim() == 4 and t.shape[1] == 8:  # x's gradient
+            clock[0] += copy_back
+        return real_copy(t, channels_last, backend)
+
+    monkeypatch.setattr(conv_bn_relu_impl.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(conv_bn_relu_impl, "_convolution", forward)
+    monkeypatch.setattr(conv_bn_relu_impl, "_convolution_backward", backward)
+    monkeypatch.setattr(conv_bn_relu_impl.ops, "convert_layout", convert_layout)
+    conv, bn = make_modules(8, 6, 1, dtype=torch.float32)
+    ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+    trial_steps = 3 * 2 * 5  # three ways, two steps each in 5 rounds
+    for shape in ((2, 8, 5, 7), (3, 8, 5, 7)):
+        ways.clear()
+        for step in range(trial_steps + 3):
+            x = randn(*shape).requires_grad_()
+            ref_x = x.detach().double().requires_grad_()
+            z = conv_bn_relu(x, conv, bn)
+            expected = eager(ref_x, ref_conv, ref_bn)
+            grad = randn(*z.shape)
+            z.backward(grad)
+            expected.backward(grad.double())
+            assert_close_to_reference(z, expected, torch.float32, "cpp", "cpu",
+                                      convolution=True)
+            assert_close_to_reference(x.grad, ref_x.grad, torch.float32, "cpp", "cpu",
+                                      convolution=True)
+            if step == 0:
+                with torch.no_grad():  # no backward: neither measured nor counted
+                    conv_bn_relu(x, conv, bn)
+        assert sorted(ways[:trial_steps + 1]) == sorted(["gemm"] * 11 + ["route"] * 10 +
+                                                        ["direct"] * 10)
+        assert ways[trial_steps + 1:] == [winner] * 3
+    assert sorted(conv_bn_relu_impl._training_choices.values()) == [winner, winner]
+    ways.clear()
+    with conv_bn_relu_impl.force_conv_layout(winner != "route"):
+        conv_bn_relu(randn(2, 8, 5, 7), conv, bn).sum().backward()
+    assert ways == ["route" if winner != "route" else "gemm"]
+    ways.clear()
+    conv3x3, bn3x3 = make_modules(8, 6, 3, padding=1, dtype=torch.float32)
+    for _ in range(3):
+        conv_bn_relu(randn(2, 8, 5, 7).requires_grad_(), conv3x3, bn3x3).sum().backward()
+    assert ways == ["route"] * 3 and len(conv_bn_relu_impl._training_choices) == 2
 
 
 def _inference_routes(monkeypatch):
@@ -333,9 +450,9 @@ def test_inference_layout_route_rule(monkeypatch):
 
 
 def test_trial_schedule_and_winner():
-    """_Trial gives each implementation its calls in turn, untimed for the warm-up
-    rounds, the order reversed every other round, and names the lowest median once all
-    rounds ran (not before)."""
+    """_Trial gives each implementation its calls in turn (`block` in a row, the last
+    timed), untimed for the warm-up rounds, the order reversed every other round, and names
+    the lowest median once every implementation has its samples (not before)."""
     trial = conv_bn_relu_impl._Trial(("a", "b"), warmup=2, rounds=3)
     seen, times = [], {"a": iter([5.0, 1.0, 1.0]), "b": iter([2.0, 2.0, 0.5])}
     for _ in range(10):
@@ -347,6 +464,11 @@ def test_trial_schedule_and_winner():
     assert seen == [("a", False), ("b", False), ("b", False), ("a", False),
                     ("a", True), ("b", True), ("b", True), ("a", True), ("a", True), ("b", True)]
     assert trial.fastest() == "a"  # medians 1.0 against 2.0, not the means or the minima
+    blocks = conv_bn_relu_impl._Trial(("a", "b", "c"), warmup=1, rounds=2, block=2)
+    assert [blocks.next() for _ in range(18)] == [
+        ("a", False), ("a", False), ("b", False), ("b", False), ("c", False), ("c", False),
+        ("c", False), ("c", True), ("b", False), ("b", True), ("a", False), ("a", True),
+        ("a", False), ("a", True), ("b", False), ("b", True), ("c", False), ("c", True)]
 
 
 @pytest.mark.parametrize("route_faster", [True, False], ids=["route-faster", "direct-faster"])
