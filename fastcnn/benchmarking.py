@@ -43,7 +43,7 @@ class Op:
     make: object = None
     # Untimed calls before each implementation's samples (at least run()'s `warmup`):
     # fastcnn's conv_bn_relu measures its NCHW inference over its first 14 calls per shape
-    # and its NCHW training steps over their first 14 or 21.
+    # and its 1x1 NCHW training steps over their first 20 or 30.
     warmup: int = 2
 
 
