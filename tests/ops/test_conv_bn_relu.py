@@ -357,6 +357,31 @@ def test_training_way_is_measured_per_shape(monkeypatch, winner):
     assert ways == ["route"] * 3 and len(conv_bn_relu_impl._training_choices) == 2
 
 
+def test_training_trial_ends_when_only_weights_want_gradients(monkeypatch):
+    """A measured step whose backward leaves x's gradient out (autograd.grad for the
+    weights only, x requiring it) still ends its time, the route's included, which has no
+    copy of x's gradient back to wait for: the trial ends with its steps and keeps a way,
+    and the weights' gradients are eager's."""
+    monkeypatch.setattr(conv_bn_relu_impl, "_training_choices", {})
+    ways = _training_ways_taken(monkeypatch)
+    conv, bn = make_modules(8, 6, 1, dtype=torch.float32)
+    ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+    trial_steps = 3 * 2 * 5  # three ways, two steps each in 5 rounds
+    for _ in range(trial_steps + 2):
+        x = randn(2, 8, 5, 7).requires_grad_()
+        z = conv_bn_relu(x, conv, bn)
+        grad = randn(*z.shape)
+        found = torch.autograd.grad(z, [conv.weight], grad)[0]
+        expected = torch.autograd.grad(eager(x.detach().double(), ref_conv, ref_bn),
+                                       [ref_conv.weight], grad.double())[0]
+        assert_close_to_reference(found, expected, torch.float32, "cpp", "cpu",
+                                  convolution=True)
+        assert x.grad is None
+    assert sorted(set(ways[:trial_steps])) == ["direct", "gemm", "route"]
+    (choice,) = conv_bn_relu_impl._training_choices.values()
+    assert isinstance(choice, str) and ways[trial_steps:] == [choice, choice]
+
+
 def _inference_routes(monkeypatch):
     """The layouts (channels_last true/false) of the convolutions run by conv_bn_relu's
     inference calls from here on."""
