@@ -1,6 +1,6 @@
 """Public functions, one per op, each behind its own torch.autograd.Function."""
 
-from fastcnn.functional.conv_bn_relu import conv_bn_relu
+from fastcnn.functional.conv_bn_act import conv_bn_relu
 from fastcnn.functional.lrn import local_response_norm
 from fastcnn.functional.pooling import global_avg_pool2d, max_pool2d
 

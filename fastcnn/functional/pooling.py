@@ -9,6 +9,7 @@ import torch
 from fastcnn import backends, ops
 from fastcnn.functional._checks import check_feature_map
 from fastcnn.kernels import reference
+from fastcnn.ops.layout import is_channels_last
 from fastcnn.ops.pooling import pooled_size
 
 
@@ -90,7 +91,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(positions)
         ctx.pool_args = args
         ctx.input_size = tuple(input.shape[2:])
-        ctx.channels_last = ops.pooling.is_channels_last(input)
+        ctx.channels_last = is_channels_last(input)
         ctx.backend = backend
         return output, positions
 
@@ -139,7 +140,7 @@ class GlobalAvgPool2dFunction(torch.autograd.Function):
         backend = backends.select("global_avg_pool2d", input)
         # Nothing is saved: the gradient is grad_output / (H * W) at every position.
         ctx.input_size = tuple(input.shape[2:])
-        ctx.channels_last = ops.pooling.is_channels_last(input)
+        ctx.channels_last = is_channels_last(input)
         ctx.backend = backend
         return ops.global_avg_pool2d(input, backend)
 

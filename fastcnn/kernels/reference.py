@@ -143,10 +143,6 @@ def channel_affine_act(input, scale, shift, residual, output, relu):
     output.copy_(torch.relu(v) if relu else v)
 
 
-def convert_layout(input, output):
-    output.copy_(input)
-
-
 def batch_norm_stats(input, mean, var):
     v, m = torch.var_mean(input.to(_compute_dtype(input.dtype)), dim=(0, 2), correction=0)
     mean.copy_(m)
@@ -182,3 +178,13 @@ def conv_bn_relu_training(x, weight, bn_weight, bn_bias, residual, conv_args, ep
     if residual is not None:
         z = z + residual
     return torch.relu(z) if relu else z
+
+
+def channel_affine_act_training(y, scale, shift, residual, relu):
+    """act(y * scale_c + shift_c (+ residual)) of (N, C, H, W) tensors from differentiable
+    PyTorch ops, in y's dtype: the backward of second derivatives."""
+    shape = (1, -1) + (1,) * (y.dim() - 2)
+    v = y.to(scale.dtype) * scale.view(shape) + shift.view(shape)
+    if residual is not None:
+        v = v + residual.to(v.dtype)
+    return (torch.relu(v) if relu else v).to(y.dtype)

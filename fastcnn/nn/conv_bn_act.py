@@ -2,7 +2,7 @@
 
 import torch
 
-from fastcnn.functional.conv_bn_relu import conv_bn_relu
+from fastcnn.functional.conv_bn_act import conv_bn_relu
 
 
 class ConvBNReLU(torch.nn.Module):

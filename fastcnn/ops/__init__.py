@@ -7,7 +7,6 @@ from fastcnn.ops.conv_bn_relu import (
     batch_norm_stats,
     channel_affine_act,
     channel_affine_act_,
-    convert_layout,
 )
 from fastcnn.ops.lrn import lrn_backward, lrn_forward
 from fastcnn.ops.pooling import (global_avg_pool2d, global_avg_pool2d_backward, max_pool2d,
@@ -19,7 +18,6 @@ __all__ = [
     "batch_norm_stats",
     "channel_affine_act",
     "channel_affine_act_",
-    "convert_layout",
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
     "lrn_backward",

@@ -30,25 +30,18 @@ def _view(t):
     return None if t is None else channel_view_or_copy(t)
 
 
-def _affine_output(input, contiguous):
-    if contiguous:
-        return torch.empty_like(input, memory_format=torch.contiguous_format)
+def _fake_channel_affine_act(input, scale, shift, residual, relu, backend):
     return empty_output(input)
-
-
-def _fake_channel_affine_act(input, scale, shift, residual, relu, contiguous, backend):
-    return _affine_output(input, contiguous)
 
 
 @custom_op("fastcnn::channel_affine_act", fake=_fake_channel_affine_act)
 def channel_affine_act(input: torch.Tensor, scale: Optional[torch.Tensor], shift: torch.Tensor,
-                       residual: Optional[torch.Tensor], relu: bool, contiguous: bool,
+                       residual: Optional[torch.Tensor], relu: bool,
                        backend: str) -> torch.Tensor:
     """act(input * scale_c + shift_c (+ residual)), act being ReLU or the identity; a
-    missing scale is 1. The output has input's layout, or is contiguous (NCHW) where
-    `contiguous` asks for it (a convolution run in channels_last for an NCHW caller)."""
+    missing scale is 1. The output has input's layout."""
     backends.report_fallback("conv_bn_relu", backend, input.device)
-    output = _affine_output(input, contiguous)
+    output = empty_output(input)
     backends.kernels(backend).channel_affine_act(
         channel_view_or_copy(input), scale, shift, _view(residual), channel_view(output), relu)
     return output
@@ -67,28 +60,9 @@ def channel_affine_act_(input: torch.Tensor, scale: Optional[torch.Tensor], shif
     backends.report_fallback("conv_bn_relu", backend, input.device)
     view = channel_view(input)
     if view is None:  # no (N, C, S) view: compute aside, copy back
-        input.copy_(channel_affine_act(input, scale, shift, residual, relu, False, backend))
+        input.copy_(channel_affine_act(input, scale, shift, residual, relu, backend))
         return
     backends.kernels(backend).channel_affine_act(view, scale, shift, _view(residual), view, relu)
-
-
-def _layout_output(input, channels_last):
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty_like(input, memory_format=memory_format)
-
-
-def _fake_convert_layout(input, channels_last, backend):
-    return _layout_output(input, channels_last)
-
-
-@custom_op("fastcnn::convert_layout", fake=_fake_convert_layout)
-def convert_layout(input: torch.Tensor, channels_last: bool, backend: str) -> torch.Tensor:
-    """A copy of input (N, C, H, W) in channels_last (or, channels_last false, NCHW): the
-    layout changes around a convolution run in channels_last for an NCHW caller. Always a
-    new tensor, even where input is in that layout already."""
-    output = _layout_output(input, channels_last)
-    backends.kernels(backend).convert_layout(channel_view_or_copy(input), channel_view(output))
-    return output
 
 
 def _fake_batch_norm_stats(input, backend):

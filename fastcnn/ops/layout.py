@@ -10,6 +10,13 @@ import math
 import torch
 
 
+def is_channels_last(t):
+    """Whether t's channels are innermost (channels_last, or a slice of it) and it is not
+    NCHW-contiguous too: the one rule by which ops give their outputs t's layout where they
+    allocate them by hand (pooled sizes, (N, C, 1, 1) results, gradients)."""
+    return t.size(1) > 1 and t.stride(1) == 1 and not t.is_contiguous()
+
+
 def channel_view(t):
     """t of shape (N, C, *spatial) as an (N, C, S) view, or None when its spatial
     dimensions do not share one stride (then only a copy can flatten them)."""

@@ -16,7 +16,7 @@ import torch
 
 from fastcnn import backends
 from fastcnn.ops._custom_op import custom_op
-from fastcnn.ops.layout import channel_view, channel_view_or_copy
+from fastcnn.ops.layout import channel_view, channel_view_or_copy, is_channels_last
 
 # Windows of more taps than one byte can number keep int32 positions.
 _MAX_BYTE_POSITIONS = 256
@@ -36,12 +36,6 @@ def positions_dtype(kernel_size):
     """The dtype of the winners' positions for a window of kernel_size taps."""
     taps = kernel_size[0] * kernel_size[1]
     return torch.uint8 if taps <= _MAX_BYTE_POSITIONS else torch.int32
-
-
-def is_channels_last(t):
-    """Whether t's channels are innermost (channels_last, or a slice of it): pooled outputs
-    and gradients then keep that layout, as PyTorch's do."""
-    return t.size(1) > 1 and t.stride(1) == 1 and not t.is_contiguous()
 
 
 def _empty_pooled(input, out_h, out_w, dtype=None, channels_last=None):
