@@ -76,3 +76,20 @@ def check_compiled_model_matches_eager(net, x, backend, parameter):
     torch.testing.assert_close(actual, expected)
     torch.testing.assert_close(inference, expected)
     torch.testing.assert_close(parameter.grad, expected_grad)
+
+
+# How strided_view lays out an (N, C, S) view.
+VIEW_LAYOUTS = ("channels-contiguous", "positions-contiguous", "neither")
+
+
+def strided_view(kind, n, c, s, dtype=torch.float64, device="cpu"):
+    """An uninitialised (N, C, S) view, contiguous along channels (channels_last), along
+    positions (NCHW) or neither (every other element of a larger buffer), for the kernels'
+    any-stride paths."""
+    if kind == "channels-contiguous":
+        return torch.empty(n, s, c, dtype=dtype, device=device).transpose(1, 2)
+    if kind == "positions-contiguous":
+        return torch.empty(n, c, s, dtype=dtype, device=device)
+    if kind == "neither":
+        return torch.empty(n, s, 2 * c, dtype=dtype, device=device)[..., ::2].transpose(1, 2)
+    raise ValueError(f"kind must be one of {VIEW_LAYOUTS}, got {kind!r}")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (NON_CONTIGUOUS, assert_close_to_reference,
-                     check_compiled_model_matches_eager, randn)
+from helpers import (NON_CONTIGUOUS, VIEW_LAYOUTS, assert_close_to_reference,
+                     check_compiled_model_matches_eager, randn, strided_view)
 
 import fastcnn
 from fastcnn import backends
@@ -78,18 +78,13 @@ def test_non_contiguous_grad_output(backend_device):
     check_against_torch(x, backend, device, grad=grad)
 
 
-@pytest.mark.parametrize("layout", ["channels-contiguous", "positions-contiguous", "neither"])
+@pytest.mark.parametrize("layout", VIEW_LAYOUTS)
 def test_kernels_read_and_write_any_strides(backend_device, layout):
     backend, device = backend_device
     n, c, s = 3, 20, 24
 
     def view(kind, positions):
-        if kind == "channels-contiguous":
-            return torch.empty(n, positions, c, dtype=torch.float64, device=device).transpose(1, 2)
-        if kind == "positions-contiguous":
-            return torch.empty(n, c, positions, dtype=torch.float64, device=device)
-        return torch.empty(n, positions, 2 * c, dtype=torch.float64, device=device)[
-            ..., ::2].transpose(1, 2)
+        return strided_view(kind, n, c, positions, device=device)
 
     x, grad = view(layout, s).normal_(), view("neither", 1).normal_()
     results = {}

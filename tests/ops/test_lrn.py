@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (NON_CONTIGUOUS, assert_close_to_reference,
-                     check_compiled_model_matches_eager, randn)
+from helpers import (NON_CONTIGUOUS, VIEW_LAYOUTS, assert_close_to_reference,
+                     check_compiled_model_matches_eager, randn, strided_view)
 
 import fastcnn
 from fastcnn import backends
@@ -85,7 +85,7 @@ def test_nchw_with_few_positions(backend_device):
                         1.0, backend, device)
 
 
-@pytest.mark.parametrize("layout", ["channels-contiguous", "positions-contiguous", "neither"])
+@pytest.mark.parametrize("layout", VIEW_LAYOUTS)
 def test_kernels_read_and_write_any_strides(backend_device, layout):
     """The kernel entry points on (N, C, S) views: x contiguous along channels, along
     positions or neither; grad and the outputs spread out (every other element of a larger
@@ -94,12 +94,7 @@ def test_kernels_read_and_write_any_strides(backend_device, layout):
     n, c, s = 2, 20, 24
 
     def view(kind):
-        if kind == "channels-contiguous":
-            return torch.empty(n, s, c, dtype=torch.float64, device=device).transpose(1, 2)
-        if kind == "positions-contiguous":
-            return torch.empty(n, c, s, dtype=torch.float64, device=device)
-        return torch.empty(n, s, 2 * c, dtype=torch.float64, device=device)[..., ::2] \
-            .transpose(1, 2)
+        return strided_view(kind, n, c, s, device=device)
 
     x, grad = view(layout).normal_(), view("neither").normal_()
     results = {}
