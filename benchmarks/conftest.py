@@ -61,7 +61,7 @@ def time_case(benchmark):
                                     mode=case.mode, implementation=implementation,
                                     calls_per_round=calls)
         benchmark.pedantic(step, rounds=10 if DEVICE == "cpu" else 30,
-                           warmup_rounds=max(3, benchmarking.OPS[case.op].warmup), iterations=1)
+                           warmup_rounds=3, iterations=1)
         median_ms = benchmark.stats.stats.median * 1e3 / calls
         _medians.setdefault(case, {})[implementation] = median_ms
 

@@ -41,10 +41,6 @@ class Op:
     # that fastcnn (ours=True) or PyTorch runs for the case, with modules of its own.
     # It replaces ours and theirs.
     make: object = None
-    # Untimed calls before each implementation's samples (at least run()'s `warmup`):
-    # fastcnn's conv_bn_relu measures its NCHW inference over its first 14 calls per shape
-    # and its 1x1 NCHW training steps over their first 20 or 30.
-    warmup: int = 2
 
 
 # AlexNet's LRN: size 5, alpha 1e-4, beta 0.75, k 2 (Krizhevsky et al., 2012).
@@ -126,7 +122,6 @@ OPS = {
         min_bytes=None,
         quick=(("resnet50.layer1.0.conv2", "NCHW"), ("resnet50.layer1.1.conv1", "NCHW")),
         make=_conv_bn_relu,
-        warmup=32,
     ),
     "lrn": Op(
         ours=functools.partial(fastcnn.functional.local_response_norm, **_LRN_ARGS),
@@ -299,9 +294,8 @@ def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None
     """Times every case with every implementation; returns one summarize() row per case.
 
     Each implementation is built and called once (torch.compile compiles there); then
-    they take their warm-up calls (`warmup`, or the op's own Op.warmup if more) and
-    their samples in turn (fastcnn, eager, compile, fastcnn, ...; the order reversed
-    every other round), so that a machine whose speed drifts during the run (shared
+    they take their `warmup` calls and their samples in turn (fastcnn, eager, compile,
+    fastcnn, ...; the order reversed every other round), so that a machine whose speed drifts during the run (shared
     hosts do) slows them alike, and the ratios between them hold better than the times
     themselves."""
     results = []
@@ -320,10 +314,8 @@ def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None
                     raise
                 milliseconds[implementation] = None
                 errors[f"{implementation}_error"] = f"{type(error).__name__}: {error}"
-        # The warm-up calls take turns as the samples do, so that fastcnn's own measurement
-        # on its first calls (conv_bn_relu's) sees the allocator's state of the samples.
         samples = {implementation: [] for implementation in steps}
-        warmup_rounds = max(warmup, OPS[case.op].warmup) - 1
+        warmup_rounds = warmup - 1
         for round_ in range(warmup_rounds + repeats):
             order = list(steps.items())
             for implementation, step in (order if round_ % 2 == 0 else reversed(order)):
