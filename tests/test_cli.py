@@ -33,8 +33,8 @@ def test_info_json():
 
 def test_bench_prints_a_table_and_writes_json(tmp_path):
     path = tmp_path / "results.json"
-    result = fastcnn("bench", "--batch", "1", "--repeats", "2", "--layout", "nchw",
-                     "--no-compile", "--json", str(path))
+    result = fastcnn("bench", "--device", "cpu", "--batch", "1", "--repeats", "2", "--layout",
+                     "nchw", "--no-compile", "--json", str(path))
     assert result.returncode == 0, result.stderr
     assert "alexnet.conv1 1x96x55x55 NCHW forward" in result.stdout
     assert "vs eager" in result.stdout
