@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fastcnn.kernels.triton import conv, conv_bn_relu, lrn, pooling
+from fastcnn.kernels.triton import conv_bn_relu, lrn, pooling
 
 ACC_DTYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
               "fp64": tl.float64}
@@ -150,27 +150,7 @@ def conv_bn_relu_variants(fn):
     yield Variant("fp32", options(BLOCK_C=64, BLOCK_S=32), "i64", pointers=pointers("fp32"))
 
 
-def conv_variants():
-    # a 3x3 filter with residual and ReLU in each dtype (float32 in IEEE precision), each
-    # with another configuration of CONFIGS (64 or 128 output channels); the 7x7 stem with
-    # the options off; 64-bit integer arguments
-    def options(config, kernel=3, c_out=128, **changes):
-        block_m, block_n, block_k, _, _ = conv.block_sizes(conv.CONFIGS[config], c_out)
-        return {"KH": kernel, "KW": kernel, "HAS_RESIDUAL": True, "RELU": True,
-                "IEEE": False, "WIDEN": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                "BLOCK_K": block_k, **changes}
-
-    bias = (("bias_ptr", "*fp32"),)
-    yield Variant("fp32", options(0, c_out=64, IEEE=True), pointers=bias)
-    yield Variant("bf16", options(2), pointers=bias)
-    yield Variant("fp16", options(1), pointers=bias)
-    yield Variant("fp16", options(3, 7, c_out=64, HAS_RESIDUAL=False, RELU=False),
-                  pointers=bias)
-    yield Variant("bf16", options(0, 1), "i64", pointers=bias)
-
-
 KERNELS = [
-    (conv._conv2d_bias_act_kernel, conv_variants),
     (lrn._lrn_forward_kernel, lrn_variants),
     (lrn._lrn_backward_kernel, lrn_variants),
     (pooling._max_pool2d_forward_kernel, max_pool_forward_variants),

@@ -6,7 +6,6 @@ from fastcnn.kernels.triton.conv_bn_relu import (
     batch_norm_act_backward_reduce,
     batch_norm_stats,
     channel_affine_act,
-    convert_layout,
 )
 from fastcnn.kernels.triton.lrn import lrn_backward, lrn_forward
 from fastcnn.kernels.triton.pooling import (
@@ -21,7 +20,6 @@ __all__ = [
     "batch_norm_act_backward_reduce",
     "batch_norm_stats",
     "channel_affine_act",
-    "convert_layout",
     "global_avg_pool2d_backward",
     "global_avg_pool2d_forward",
     "lrn_backward",

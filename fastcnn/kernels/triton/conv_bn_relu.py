@@ -345,11 +345,6 @@ def _strides_or_zeros(t):
     return t.stride() if t is not None else (0, 0, 0)
 
 
-def convert_layout(input, output):
-    # A layout conversion is a strided copy, which ATen's CUDA copy does at memory speed.
-    output.copy_(input)
-
-
 def channel_affine_act(input, scale, shift, residual, output, relu):
     """Writes act(input * scale + shift (+ residual)) into output (which may be input)."""
     if input.numel() == 0:
