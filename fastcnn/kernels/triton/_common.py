@@ -1,5 +1,6 @@
-"""Pieces shared by the Triton kernel files: where a launch runs and how a 1-d grid of
-(channels x positions) tiles is numbered."""
+"""Pieces shared by the Triton kernel files: where a launch runs, the shape of a
+(channels x positions) tile and how a 1-d grid of them is numbered, and the dtype kernels
+accumulate in."""
 
 import contextlib
 
@@ -13,6 +14,28 @@ def on_device_of(tensor):
     if tensor.is_cuda:
         return torch.cuda.device(tensor.device)
     return contextlib.nullcontext()
+
+
+def acc_dtype(t):
+    """The dtype kernels accumulate and compare in for t: float64 for float64, else float32
+    (so half-precision sums do not round at every step)."""
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def channel_tile(channels, length, channels_contiguous, tile, long_block, channel_block):
+    """(BLOCK_C, BLOCK_L), powers of two, of a tile of at most `tile` elements over channels
+    x another axis of the given length. The tile runs long along the axis with stride 1,
+    which Triton specialises and makes the contiguous one: with contiguous channels (more
+    than one) it takes up to channel_block channels and fills the tile along the other axis;
+    otherwise up to long_block of the other axis, filled with channels."""
+    length = triton.next_power_of_2(max(length, 1))
+    if channels_contiguous and channels > 1:
+        block_c = min(triton.next_power_of_2(channels), channel_block)
+        block_l = min(length, tile // block_c)
+    else:
+        block_l = min(length, long_block)
+        block_c = min(triton.next_power_of_2(channels), max(tile // block_l, 1))
+    return block_c, block_l
 
 
 @triton.jit

@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastcnn.kernels.triton._common import on_device_of, tile_coordinates
+from fastcnn.kernels.triton._common import (acc_dtype, channel_tile, on_device_of,
+                                             tile_coordinates)
 
 # Elements per program tile.
 _TILE = 2048
@@ -311,19 +312,9 @@ def _backward_kernel(
 
 
 def _blocks(y):
-    """(BLOCK_C, BLOCK_S): tiles run long along whichever axis is contiguous in memory."""
-    _, c, s = y.shape
-    if y.stride(1) == 1 and c > 1:  # channels_last
-        block_c = min(triton.next_power_of_2(c), 64)
-        block_s = min(triton.next_power_of_2(s), _TILE // block_c)
-    else:
-        block_s = min(triton.next_power_of_2(s), 256)
-        block_c = min(triton.next_power_of_2(c), _TILE // block_s)
-    return block_c, block_s
-
-
-def _acc_dtype(y):
-    return tl.float64 if y.dtype == torch.float64 else tl.float32
+    """(BLOCK_C, BLOCK_S) of every kernel here on y, (N, C, S)."""
+    return channel_tile(y.shape[1], y.shape[2], y.stride(1) == 1, _TILE, long_block=256,
+                        channel_block=64)
 
 
 def _elementwise_grid(y, block_c, block_s):
@@ -356,7 +347,7 @@ def channel_affine_act(input, scale, shift, residual, output, relu):
             residual if residual is not None else input, output, input.shape[1],
             input.shape[2], *input.stride(), *_strides_or_zeros(residual), *output.stride(),
             HAS_SCALE=scale is not None, HAS_RESIDUAL=residual is not None, RELU=relu,
-            ACC_DTYPE=_acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
+            ACC_DTYPE=acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
 
 
 def batch_norm_stats(input, mean, var):
@@ -369,7 +360,7 @@ def batch_norm_stats(input, mean, var):
     with on_device_of(input):
         _batch_norm_stats_kernel[grid](
             input, counts, means, m2s, input.shape[1], input.shape[2], *input.stride(),
-            total_tiles, tiles_per_share, ACC_DTYPE=_acc_dtype(input), BLOCK_C=block_c,
+            total_tiles, tiles_per_share, ACC_DTYPE=acc_dtype(input), BLOCK_C=block_c,
             BLOCK_S=block_s)
     # merge the shares' (count, mean, m2), as the kernel merges tiles
     total = counts.sum(0)
@@ -391,7 +382,7 @@ def batch_norm_act_backward_reduce(grad_output, input, residual, scale, shift, m
                 mean, partial[0], partial[1], input.shape[1], input.shape[2],
                 *grad_output.stride(), *input.stride(), *_strides_or_zeros(residual),
                 total_tiles, tiles_per_share, HAS_RESIDUAL=residual is not None, RELU=relu,
-                ACC_DTYPE=_acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
+                ACC_DTYPE=acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
     sums = partial.sum(1)
     sum_dz.copy_(sums[0])
     sum_dz_xhat.copy_(sums[1] * invstd)
@@ -412,4 +403,4 @@ def batch_norm_act_backward(grad_output, input, residual, scale, shift, mean, in
             input.shape[1], input.shape[2], *grad_output.stride(), *input.stride(),
             *_strides_or_zeros(residual), *grad_input.stride(), *_strides_or_zeros(grad_residual),
             HAS_RESIDUAL=residual is not None, RELU=relu, WRITE_DR=grad_residual is not None,
-            ACC_DTYPE=_acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
+            ACC_DTYPE=acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)

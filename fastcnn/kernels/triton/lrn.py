@@ -20,11 +20,11 @@ without a layout copy; Triton specialises a stride of 1 and makes that axis the
 contiguous one of the tile.
 """
 
-import torch
 import triton
 import triton.language as tl
 
-from fastcnn.kernels.triton._common import on_device_of, tile_coordinates
+from fastcnn.kernels.triton._common import (acc_dtype, channel_tile, on_device_of,
+                                             tile_coordinates)
 
 # How s^beta is computed, fixed at compile time (see _power).
 _BETA_ZERO = tl.constexpr(0)
@@ -214,16 +214,11 @@ def _beta_kind(beta):
 def _launch_settings(x):
     """Grid size and compile-time options shared by the forward and backward launches."""
     n, c, s = x.shape
-    if x.stride(1) == 1 and c > 1:
-        # channels_last: the channel axis is contiguous, so tiles run long along it
-        block_c = min(triton.next_power_of_2(c), 64)
-        block_s = min(triton.next_power_of_2(s), _TILE // block_c)
-    else:
-        block_s = min(triton.next_power_of_2(s), 128)
-        block_c = min(triton.next_power_of_2(c), _TILE // block_s)
+    block_c, block_s = channel_tile(c, s, x.stride(1) == 1, _TILE, long_block=128,
+                                    channel_block=64)
     grid = (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
     options = {
-        "ACC_DTYPE": tl.float64 if x.dtype == torch.float64 else tl.float32,
+        "ACC_DTYPE": acc_dtype(x),
         "BLOCK_C": block_c,
         "BLOCK_S": block_s,
     }

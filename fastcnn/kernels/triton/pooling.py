@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastcnn.kernels.triton._common import on_device_of
+from fastcnn.kernels.triton._common import acc_dtype, channel_tile, on_device_of
 
 # Elements per program tile.
 _TILE = 1024
@@ -327,24 +327,11 @@ def _global_avg_pool2d_backward_kernel(
     tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _tile(channels, length, channels_contiguous, long_block):
-    """(BLOCK_C, BLOCK_L) of a tile over channels x one other axis of the given length:
-    long along the channels when they are contiguous, else along the other axis, up to
-    long_block of it."""
-    length = triton.next_power_of_2(max(length, 1))
-    if channels_contiguous and channels > 1:
-        block_c = min(triton.next_power_of_2(channels), 32)
-        block_l = min(length, _TILE // block_c)
-    else:
-        block_l = min(length, long_block)
-        block_c = min(triton.next_power_of_2(channels), max(_TILE // block_l, 1))
-    return block_c, block_l
-
-
 def _row_launch(t, kernel_size, channels, rows, width):
     """Grid and compile-time options of a max-pooling kernel whose tiles cover rows x
     width of t, a 4-d tensor whose strides pick the tiling."""
-    block_c, block_w = _tile(channels, width, t.stride(1) == 1, 128)
+    block_c, block_w = channel_tile(channels, width, t.stride(1) == 1, _TILE, long_block=128,
+                                    channel_block=32)
     grid = (t.shape[0] * triton.cdiv(channels, block_c) * rows * triton.cdiv(width, block_w),)
     options = {
         "KERNEL_H": kernel_size[0],
@@ -358,11 +345,8 @@ def _row_launch(t, kernel_size, channels, rows, width):
 
 def _channel_tile(t):
     """(BLOCK_C, BLOCK_S) of the global-average-pooling kernels on t, (N, C, S)."""
-    return _tile(t.shape[1], t.shape[2], t.stride(1) == 1, 1024)
-
-
-def _acc_dtype(t):
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
+    return channel_tile(t.shape[1], t.shape[2], t.stride(1) == 1, _TILE, long_block=1024,
+                        channel_block=32)
 
 
 def _check_dims(name, t, dims):
@@ -412,7 +396,7 @@ def max_pool2d_forward(input, output, positions, kernel_size, stride, padding, d
         _max_pool2d_forward_kernel[grid](
             input, output, positions, c, h, w, oh, ow, *input.stride(), *output.stride(),
             *pos_strides, *stride, *padding, *dilation,
-            WRITE_POSITIONS=positions is not None, ACC_DTYPE=_acc_dtype(input), **options)
+            WRITE_POSITIONS=positions is not None, ACC_DTYPE=acc_dtype(input), **options)
 
 
 def max_pool2d_backward(grad_output, positions, grad_input, kernel_size, stride, padding,
@@ -432,7 +416,7 @@ def max_pool2d_backward(grad_output, positions, grad_input, kernel_size, stride,
         _max_pool2d_backward_kernel[grid](
             grad_output, positions, grad_input, c, h, w, *grad_output.shape[2:],
             *grad_output.stride(), *positions.stride(), *grad_input.stride(), *stride,
-            *padding, *dilation, ACC_DTYPE=_acc_dtype(grad_input), **options)
+            *padding, *dilation, ACC_DTYPE=acc_dtype(grad_input), **options)
 
 
 def _check_gap_views(name, t, other_name, other):
@@ -454,7 +438,7 @@ def global_avg_pool2d_forward(input, output):
     with on_device_of(input):
         _global_avg_pool2d_forward_kernel[(n * triton.cdiv(c, block_c),)](
             input, output, c, s, *input.stride(), *output.stride()[:2],
-            ACC_DTYPE=_acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
+            ACC_DTYPE=acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
 
 
 def global_avg_pool2d_backward(grad_output, grad_input):
@@ -468,4 +452,4 @@ def global_avg_pool2d_backward(grad_output, grad_input):
     with on_device_of(grad_input):
         _global_avg_pool2d_backward_kernel[grid](
             grad_output, grad_input, c, s, *grad_output.stride()[:2], *grad_input.stride(),
-            ACC_DTYPE=_acc_dtype(grad_input), BLOCK_C=block_c, BLOCK_S=block_s)
+            ACC_DTYPE=acc_dtype(grad_input), BLOCK_C=block_c, BLOCK_S=block_s)
