@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fastcnn.kernels.triton import conv_bn_relu, lrn, pooling
+from fastcnn.kernels.triton import conv_bn_relu, global_avg_pool, lrn, max_pool
 
 ACC_DTYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
               "fp64": tl.float64}
@@ -58,7 +58,7 @@ def row_launch(shape, kernel_size, channels_last, rows, width):
     t = torch.empty(shape, device="meta")
     if channels_last:
         t = t.contiguous(memory_format=torch.channels_last)
-    return pooling._row_launch(t, kernel_size, shape[1], rows, width)[1]
+    return max_pool._row_launch(t, kernel_size, shape[1], rows, width)[1]
 
 
 # AlexNet's pooling: (16, 96, 55, 55) -> (16, 96, 27, 27), 3x3 stride 2; and a window of
@@ -106,7 +106,7 @@ def gap_options(shape, channels_last):
     t = torch.empty(shape, device="meta")
     if channels_last:
         t = t.contiguous(memory_format=torch.channels_last)
-    blocks = pooling._channel_tile(t.flatten(2))
+    blocks = global_avg_pool._blocks(t.flatten(2))
     return {"BLOCK_C": blocks[0], "BLOCK_S": blocks[1]}
 
 
@@ -153,10 +153,10 @@ def conv_bn_relu_variants(fn):
 KERNELS = [
     (lrn._lrn_forward_kernel, lrn_variants),
     (lrn._lrn_backward_kernel, lrn_variants),
-    (pooling._max_pool2d_forward_kernel, max_pool_forward_variants),
-    (pooling._max_pool2d_backward_kernel, max_pool_backward_variants),
-    (pooling._global_avg_pool2d_forward_kernel, lambda: gap_variants("x", "y")),
-    (pooling._global_avg_pool2d_backward_kernel, lambda: gap_variants("dx", "g")),
+    (max_pool._max_pool2d_forward_kernel, max_pool_forward_variants),
+    (max_pool._max_pool2d_backward_kernel, max_pool_backward_variants),
+    (global_avg_pool._global_avg_pool2d_forward_kernel, lambda: gap_variants("x", "y")),
+    (global_avg_pool._global_avg_pool2d_backward_kernel, lambda: gap_variants("dx", "g")),
 ]
 KERNELS += [(fn, functools.partial(conv_bn_relu_variants, fn)) for fn in (
     conv_bn_relu._channel_affine_act_kernel, conv_bn_relu._batch_norm_stats_kernel,

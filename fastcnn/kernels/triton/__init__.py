@@ -7,10 +7,12 @@ from fastcnn.kernels.triton.conv_bn_relu import (
     batch_norm_stats,
     channel_affine_act,
 )
-from fastcnn.kernels.triton.lrn import lrn_backward, lrn_forward
-from fastcnn.kernels.triton.pooling import (
+from fastcnn.kernels.triton.global_avg_pool import (
     global_avg_pool2d_backward,
     global_avg_pool2d_forward,
+)
+from fastcnn.kernels.triton.lrn import lrn_backward, lrn_forward
+from fastcnn.kernels.triton.max_pool import (
     max_pool2d_backward,
     max_pool2d_forward,
 )

@@ -1,6 +1,6 @@
 """Pieces shared by the Triton kernel files: where a launch runs, the shape of a
-(channels x positions) tile and how a 1-d grid of them is numbered, and the dtype kernels
-accumulate in."""
+(channels x positions) tile and how a 1-d grid of them is numbered, the dtype kernels
+accumulate in, and the launchers' argument checks."""
 
 import contextlib
 
@@ -49,3 +49,22 @@ def tile_coordinates(C, S, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     channels = (pid // tiles_s) % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
     positions = pid % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
     return image.to(tl.int64), channels, positions
+
+
+def check_dims(name, t, dims):
+    if t.dim() != dims:
+        raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(t.shape)}")
+
+
+def check_like(name, t, other_name, other, dims):
+    """t has other's first dims sizes."""
+    if t.shape[:dims] != other.shape[:dims]:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not match {other_name} of "
+                         f"shape {tuple(other.shape)} in its first {dims} dimensions")
+
+
+def check_dtype(name, t, other_name, other):
+    if t.dtype != other.dtype:
+        raise ValueError(f"{name} must have the dtype of {other_name}, {other.dtype}, got "
+                         f"{t.dtype}")
+

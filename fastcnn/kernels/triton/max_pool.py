@@ -1,8 +1,7 @@
-"""Max-pooling (overlapping windows: Krizhevsky et al., 2012, section 3.4) and global
-average pooling (Lin et al., 2013, "Network in Network") as Triton kernels.
+"""Max-pooling (overlapping windows: Krizhevsky et al., 2012, section 3.4) as Triton kernels.
 
-Max-pooling. Output (oh, ow) of input x (N, C, H, W) looks at the taps (kh, kw) of a
-kernel_h x kernel_w window,
+Output (oh, ow) of input x (N, C, H, W) looks at the taps (kh, kw) of a kernel_h x kernel_w
+window,
 
     ih = oh * stride_h - pad_h + kh * dil_h,    iw = ow * stride_w - pad_w + kw * dil_w,
 
@@ -25,15 +24,9 @@ written once by one program, with no atomics, adding in increasing (oh, ow) orde
 PyTorch's CPU kernel does. Both kernels own a BLOCK_C x BLOCK_W tile of one row of their
 output (channels x columns), so the row of each tap is one scalar for the whole tile.
 
-Global average pooling of x viewed as (N, C, S), S = H * W:
-
-    y[n, c] = 1/S * sum_s x[n, c, s],        dL/dx[n, c, s] = g[n, c] / S.
-
-Forward gives each program BLOCK_C channels of one image and walks S in BLOCK_S steps.
-
-Accumulation and comparison are in float32 (float64 for float64), so the max is the
-input's value bit for bit. Strides are arguments, so NCHW, channels_last and sliced tensors
-run without a layout copy; the tile runs long along the axis with stride 1 (columns or space
+Comparison and the gradient's sums are in float32 (float64 for float64), so the max is
+the input's value bit for bit. Strides are arguments, so NCHW, channels_last and sliced
+tensors run without a layout copy; the tile runs long along the axis with stride 1 (columns
 in NCHW, channels in channels_last), which Triton specialises and makes the contiguous one.
 """
 
@@ -41,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastcnn.kernels.triton._common import acc_dtype, channel_tile, on_device_of
+from fastcnn.kernels.triton._common import (acc_dtype, channel_tile, check_dims, check_dtype,
+                                             check_like, on_device_of)
 
 # Elements per program tile.
 _TILE = 1024
@@ -251,82 +245,6 @@ def _max_pool2d_backward_kernel(
     tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _global_avg_pool2d_forward_kernel(
-    x_ptr,  # input (N, C, S)
-    y_ptr,  # output (N, C, 1)
-    # shape (N, C, S); N is covered by the grid
-    C,
-    S,
-    # strides, in elements
-    x_stride_n,
-    x_stride_c,
-    x_stride_s,
-    y_stride_n,
-    y_stride_c,
-    # compile-time options
-    ACC_DTYPE: tl.constexpr,
-    # tiling: BLOCK_C channels of one image, S walked BLOCK_S at a time
-    BLOCK_C: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    tiles_c = tl.cdiv(C, BLOCK_C)
-    image = (pid // tiles_c).to(tl.int64)
-    channels = pid % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = channels < C
-    x_channels = x_ptr + image * x_stride_n + channels.to(tl.int64)[:, None] * x_stride_c
-
-    acc = tl.zeros((BLOCK_C, BLOCK_S), ACC_DTYPE)
-    for start in range(0, S, BLOCK_S):
-        positions = start + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (positions < S)[None, :]
-        v = tl.load(x_channels + positions.to(tl.int64)[None, :] * x_stride_s, mask=mask,
-                    other=0.0)
-        acc += v.to(ACC_DTYPE)
-    mean = tl.sum(acc, axis=1) / S
-
-    y_offsets = image * y_stride_n + channels.to(tl.int64) * y_stride_c
-    tl.store(y_ptr + y_offsets, mean.to(y_ptr.dtype.element_ty), mask=c_mask)
-
-
-@triton.jit
-def _global_avg_pool2d_backward_kernel(
-    g_ptr,  # grad_output (N, C, 1)
-    dx_ptr,  # grad_input (N, C, S)
-    # shape (N, C, S); N is covered by the grid
-    C,
-    S,
-    # strides, in elements
-    g_stride_n,
-    g_stride_c,
-    dx_stride_n,
-    dx_stride_c,
-    dx_stride_s,
-    # compile-time options
-    ACC_DTYPE: tl.constexpr,
-    # tiling: a BLOCK_C x BLOCK_S tile of one image
-    BLOCK_C: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    tiles_s = tl.cdiv(S, BLOCK_S)
-    tiles_c = tl.cdiv(C, BLOCK_C)
-    image = (pid // (tiles_s * tiles_c)).to(tl.int64)
-    channels = pid // tiles_s % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    positions = pid % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    c_mask = channels < C
-    channels64 = channels.to(tl.int64)
-
-    g = tl.load(g_ptr + image * g_stride_n + channels64 * g_stride_c, mask=c_mask)
-    dx = tl.broadcast_to((g.to(ACC_DTYPE) / S)[:, None], (BLOCK_C, BLOCK_S))
-
-    dx_offsets = (image * dx_stride_n + channels64[:, None] * dx_stride_c +
-                  positions.to(tl.int64)[None, :] * dx_stride_s)
-    mask = c_mask[:, None] & (positions < S)[None, :]
-    tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-
-
 def _row_launch(t, kernel_size, channels, rows, width):
     """Grid and compile-time options of a max-pooling kernel whose tiles cover rows x
     width of t, a 4-d tensor whose strides pick the tiling."""
@@ -343,33 +261,9 @@ def _row_launch(t, kernel_size, channels, rows, width):
     return grid, options
 
 
-def _channel_tile(t):
-    """(BLOCK_C, BLOCK_S) of the global-average-pooling kernels on t, (N, C, S)."""
-    return channel_tile(t.shape[1], t.shape[2], t.stride(1) == 1, _TILE, long_block=1024,
-                        channel_block=32)
-
-
-def _check_dims(name, t, dims):
-    if t.dim() != dims:
-        raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(t.shape)}")
-
-
-def _check_like(name, t, other_name, other, dims):
-    """t has other's first dims sizes."""
-    if t.shape[:dims] != other.shape[:dims]:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} does not match {other_name} of "
-                         f"shape {tuple(other.shape)} in its first {dims} dimensions")
-
-
-def _check_dtype(name, t, other_name, other):
-    if t.dtype != other.dtype:
-        raise ValueError(f"{name} must have the dtype of {other_name}, {other.dtype}, got "
-                         f"{t.dtype}")
-
-
 def _check_positions(positions, output, output_name, kernel_size):
-    _check_dims("positions", positions, 4)
-    _check_like("positions", positions, output_name, output, 4)
+    check_dims("positions", positions, 4)
+    check_like("positions", positions, output_name, output, 4)
     taps = kernel_size[0] * kernel_size[1]
     if positions.dtype not in (torch.uint8, torch.int32) or (
             positions.dtype == torch.uint8 and taps > 256):
@@ -380,10 +274,10 @@ def _check_positions(positions, output, output_name, kernel_size):
 def max_pool2d_forward(input, output, positions, kernel_size, stride, padding, dilation):
     """Writes max_pool2d(input) into output and, unless positions is None, the winner's
     position in its window into positions; all (N, C, h, w) with any strides."""
-    _check_dims("input", input, 4)
-    _check_dims("output", output, 4)
-    _check_like("output", output, "input", input, 2)
-    _check_dtype("output", output, "input", input)
+    check_dims("input", input, 4)
+    check_dims("output", output, 4)
+    check_like("output", output, "input", input, 2)
+    check_dtype("output", output, "input", input)
     if positions is not None:
         _check_positions(positions, output, "output", kernel_size)
     if output.numel() == 0:
@@ -403,10 +297,10 @@ def max_pool2d_backward(grad_output, positions, grad_input, kernel_size, stride,
                         dilation):
     """Writes dL/dinput into grad_input from grad_output and the forward's positions,
     gathering over the windows that hold each input element; any strides."""
-    _check_dims("grad_output", grad_output, 4)
-    _check_dims("grad_input", grad_input, 4)
-    _check_like("grad_input", grad_input, "grad_output", grad_output, 2)
-    _check_dtype("grad_input", grad_input, "grad_output", grad_output)
+    check_dims("grad_output", grad_output, 4)
+    check_dims("grad_input", grad_input, 4)
+    check_like("grad_input", grad_input, "grad_output", grad_output, 2)
+    check_dtype("grad_input", grad_input, "grad_output", grad_output)
     _check_positions(positions, grad_output, "grad_output", kernel_size)
     if grad_input.numel() == 0:
         return
@@ -417,39 +311,3 @@ def max_pool2d_backward(grad_output, positions, grad_input, kernel_size, stride,
             grad_output, positions, grad_input, c, h, w, *grad_output.shape[2:],
             *grad_output.stride(), *positions.stride(), *grad_input.stride(), *stride,
             *padding, *dilation, ACC_DTYPE=acc_dtype(grad_input), **options)
-
-
-def _check_gap_views(name, t, other_name, other):
-    _check_dims(name, t, 3)
-    _check_dims(other_name, other, 3)
-    _check_like(name, t, other_name, other, 2)
-    _check_dtype(name, t, other_name, other)
-    if t.shape[2] != 1:
-        raise ValueError(f"{name} must have shape (N, C, 1), got {tuple(t.shape)}")
-
-
-def global_avg_pool2d_forward(input, output):
-    """Writes the mean of input (N, C, S) over S into output (N, C, 1); any strides."""
-    _check_gap_views("output", output, "input", input)
-    if output.numel() == 0:
-        return
-    n, c, s = input.shape
-    block_c, block_s = _channel_tile(input)
-    with on_device_of(input):
-        _global_avg_pool2d_forward_kernel[(n * triton.cdiv(c, block_c),)](
-            input, output, c, s, *input.stride(), *output.stride()[:2],
-            ACC_DTYPE=acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
-
-
-def global_avg_pool2d_backward(grad_output, grad_input):
-    """Writes grad_output (N, C, 1) / S into every element of grad_input (N, C, S)."""
-    _check_gap_views("grad_output", grad_output, "grad_input", grad_input)
-    if grad_input.numel() == 0:
-        return
-    n, c, s = grad_input.shape
-    block_c, block_s = _channel_tile(grad_input)
-    grid = (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
-    with on_device_of(grad_input):
-        _global_avg_pool2d_backward_kernel[grid](
-            grad_output, grad_input, c, s, *grad_output.stride()[:2], *grad_input.stride(),
-            ACC_DTYPE=acc_dtype(grad_input), BLOCK_C=block_c, BLOCK_S=block_s)
