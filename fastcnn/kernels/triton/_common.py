@@ -38,6 +38,13 @@ def channel_tile(channels, length, channels_contiguous, tile, long_block, channe
     return block_c, block_l
 
 
+def tile_grid(t, block_c, block_s):
+    """The 1-d grid of BLOCK_C x BLOCK_S tiles over t, (N, C, S), that tile_coordinates
+    numbers."""
+    n, c, s = t.shape
+    return (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
+
+
 @triton.jit
 def tile_coordinates(C, S, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """(image, channels, positions) of this program's tile of an (N, C, S) tensor; the grid
@@ -49,6 +56,14 @@ def tile_coordinates(C, S, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     channels = (pid // tiles_s) % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
     positions = pid % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
     return image.to(tl.int64), channels, positions
+
+
+@triton.jit
+def tile_pointers(ptr, image, channels, positions, stride_n, stride_c, stride_s):
+    """Pointers (BLOCK_C, BLOCK_S) into an (N, C, S) tensor at one image (an int64 scalar),
+    channels (BLOCK_C,) and positions (BLOCK_S,), with 64-bit offsets."""
+    return (ptr + image * stride_n + channels.to(tl.int64)[:, None] * stride_c +
+            positions.to(tl.int64)[None, :] * stride_s)
 
 
 def check_dims(name, t, dims):

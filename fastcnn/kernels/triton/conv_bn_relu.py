@@ -18,9 +18,9 @@ The elementwise kernels give each program a BLOCK_C x BLOCK_S tile of one image.
 reductions give each program a block of channels and a contiguous share of the
 (image, positions) tiles; it keeps running per-channel results, merged tile by tile
 (the variance as Chan et al., 1979: each tile's mean and squared deviations from it, so no
-large sums of squares cancel; the running merge in float64), and writes one partial result per share, which the
-launcher merges in the same way. Strides are arguments, so NCHW, channels_last and other
-layouts run without a copy.
+large sums of squares cancel; the running merge in float64), and writes one partial result
+per share, which the launcher merges in the same way. Strides are arguments, so NCHW,
+channels_last and other layouts run without a copy.
 """
 
 import torch
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from fastcnn.kernels.triton._common import (acc_dtype, channel_tile, on_device_of,
-                                             tile_coordinates)
+                                             tile_coordinates, tile_grid, tile_pointers)
 
 # Elements per program tile.
 _TILE = 2048
@@ -52,9 +52,13 @@ def _pre_activation(y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask,
 
 
 @triton.jit
-def _masked_grad(g, v, RELU: tl.constexpr):
-    """dz: g where the ReLU passed its input v (NaN passes, as torch's threshold_backward)."""
+def _masked_grad(g, y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask,
+                 ACC_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr):
+    """dz: g where the ReLU passed its input y * scale + shift (+ r), recomputed (NaN
+    passes, as torch's threshold_backward); g itself without ReLU."""
     if RELU:
+        v = _pre_activation(y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask, ACC_DTYPE,
+                            True, HAS_RESIDUAL)
         g = tl.where(v <= 0, 0.0, g)
     return g
 
@@ -91,15 +95,16 @@ def _channel_affine_act_kernel(
     image, channels, positions = tile_coordinates(C, S, BLOCK_C, BLOCK_S)
     c_mask = channels < C
     mask = c_mask[:, None] & (positions < S)[None, :]
-    c64 = channels.to(tl.int64)[:, None]
-    s64 = positions.to(tl.int64)[None, :]
-    y = tl.load(y_ptr + image * y_stride_n + c64 * y_stride_c + s64 * y_stride_s, mask=mask)
-    r_ptrs = r_ptr + image * r_stride_n + c64 * r_stride_c + s64 * r_stride_s
+    y = tl.load(tile_pointers(y_ptr, image, channels, positions, y_stride_n, y_stride_c,
+                              y_stride_s), mask=mask)
+    r_ptrs = tile_pointers(r_ptr, image, channels, positions, r_stride_n, r_stride_c,
+                           r_stride_s)
     v = _pre_activation(y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask, ACC_DTYPE,
                         HAS_SCALE, HAS_RESIDUAL)
     if RELU:
         v = tl.where(v <= 0, 0.0, v)
-    out_ptrs = out_ptr + image * out_stride_n + c64 * out_stride_c + s64 * out_stride_s
+    out_ptrs = tile_pointers(out_ptr, image, channels, positions, out_stride_n, out_stride_c,
+                             out_stride_s)
     tl.store(out_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -141,7 +146,6 @@ def _batch_norm_stats_kernel(
     channels, first, end, tiles_s = _share_of_tiles(S, total_tiles, tiles_per_share, BLOCK_C,
                                                     BLOCK_S)
     c_mask = channels < C
-    c_offsets = channels.to(tl.int64)[:, None] * y_stride_c
     # The running merge is in float64: a float32 mean far from zero (1e4, say) carries an
     # absolute error that the squared deviations of every later tile would inherit. It
     # costs a few operations per channel and tile, against BLOCK_S loads.
@@ -153,9 +157,8 @@ def _batch_norm_stats_kernel(
         positions = tile % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
         s_mask = positions < S
         mask = c_mask[:, None] & s_mask[None, :]
-        y = tl.load(y_ptr + image * y_stride_n + c_offsets +
-                    positions.to(tl.int64)[None, :] * y_stride_s, mask=mask,
-                    other=0.0).to(ACC_DTYPE)
+        y = tl.load(tile_pointers(y_ptr, image, channels, positions, y_stride_n, y_stride_c,
+                                  y_stride_s), mask=mask, other=0.0).to(ACC_DTYPE)
         tile_count = tl.sum(s_mask.to(ACC_DTYPE), axis=0)
         rough_mean = tl.sum(y, axis=1) / tile_count
         # corrected two-pass: the deviations' own sum corrects the rounded first mean
@@ -214,24 +217,21 @@ def _backward_reduce_kernel(
     channels, first, end, tiles_s = _share_of_tiles(S, total_tiles, tiles_per_share, BLOCK_C,
                                                     BLOCK_S)
     c_mask = channels < C
-    c64 = channels.to(tl.int64)[:, None]
     mean = tl.load(mean_ptr + channels, mask=c_mask, other=0.0)[:, None]
     sum_dz = tl.zeros((BLOCK_C, BLOCK_S), ACC_DTYPE)
     sum_dz_dy = tl.zeros((BLOCK_C, BLOCK_S), ACC_DTYPE)
     for tile in range(first, end):
         image = (tile // tiles_s).to(tl.int64)
         positions = tile % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
-        s64 = positions.to(tl.int64)[None, :]
         mask = c_mask[:, None] & (positions < S)[None, :]
-        y = tl.load(y_ptr + image * y_stride_n + c64 * y_stride_c + s64 * y_stride_s, mask=mask,
-                    other=0.0)
-        g = tl.load(g_ptr + image * g_stride_n + c64 * g_stride_c + s64 * g_stride_s, mask=mask,
-                    other=0.0).to(ACC_DTYPE)
-        if RELU:
-            r_ptrs = r_ptr + image * r_stride_n + c64 * r_stride_c + s64 * r_stride_s
-            v = _pre_activation(y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask,
-                                ACC_DTYPE, True, HAS_RESIDUAL)
-            g = _masked_grad(g, v, RELU)
+        y = tl.load(tile_pointers(y_ptr, image, channels, positions, y_stride_n, y_stride_c,
+                                  y_stride_s), mask=mask, other=0.0)
+        g = tl.load(tile_pointers(g_ptr, image, channels, positions, g_stride_n, g_stride_c,
+                                  g_stride_s), mask=mask, other=0.0).to(ACC_DTYPE)
+        r_ptrs = tile_pointers(r_ptr, image, channels, positions, r_stride_n, r_stride_c,
+                               r_stride_s)
+        g = _masked_grad(g, y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask, ACC_DTYPE,
+                         HAS_RESIDUAL, RELU)
         dz = tl.where(mask, g, 0.0)
         sum_dz += dz
         sum_dz_dy += dz * (y.to(ACC_DTYPE) - mean)
@@ -286,16 +286,14 @@ def _backward_kernel(
     image, channels, positions = tile_coordinates(C, S, BLOCK_C, BLOCK_S)
     c_mask = channels < C
     mask = c_mask[:, None] & (positions < S)[None, :]
-    c64 = channels.to(tl.int64)[:, None]
-    s64 = positions.to(tl.int64)[None, :]
-    y = tl.load(y_ptr + image * y_stride_n + c64 * y_stride_c + s64 * y_stride_s, mask=mask)
-    g = tl.load(g_ptr + image * g_stride_n + c64 * g_stride_c + s64 * g_stride_s,
-                mask=mask).to(ACC_DTYPE)
-    if RELU:
-        r_ptrs = r_ptr + image * r_stride_n + c64 * r_stride_c + s64 * r_stride_s
-        v = _pre_activation(y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask, ACC_DTYPE,
-                            True, HAS_RESIDUAL)
-        g = _masked_grad(g, v, RELU)
+    y = tl.load(tile_pointers(y_ptr, image, channels, positions, y_stride_n, y_stride_c,
+                              y_stride_s), mask=mask)
+    g = tl.load(tile_pointers(g_ptr, image, channels, positions, g_stride_n, g_stride_c,
+                              g_stride_s), mask=mask).to(ACC_DTYPE)
+    r_ptrs = tile_pointers(r_ptr, image, channels, positions, r_stride_n, r_stride_c,
+                           r_stride_s)
+    g = _masked_grad(g, y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask, ACC_DTYPE,
+                     HAS_RESIDUAL, RELU)
 
     scale = tl.load(scale_ptr + channels, mask=c_mask, other=0.0)
     invstd = tl.load(invstd_ptr + channels, mask=c_mask, other=0.0)
@@ -304,22 +302,17 @@ def _backward_kernel(
     mean_dz = tl.load(sum_dz_ptr + channels, mask=c_mask, other=0.0) / count
     k = scale * invstd * tl.load(sum_dz_xhat_ptr + channels, mask=c_mask, other=0.0) / count
     dy = scale[:, None] * (g - mean_dz[:, None]) - k[:, None] * (y.to(ACC_DTYPE) - mean[:, None])
-    tl.store(dy_ptr + image * dy_stride_n + c64 * dy_stride_c + s64 * dy_stride_s,
-             dy.to(dy_ptr.dtype.element_ty), mask=mask)
+    tl.store(tile_pointers(dy_ptr, image, channels, positions, dy_stride_n, dy_stride_c,
+                           dy_stride_s), dy.to(dy_ptr.dtype.element_ty), mask=mask)
     if WRITE_DR:
-        tl.store(dr_ptr + image * dr_stride_n + c64 * dr_stride_c + s64 * dr_stride_s,
-                 g.to(dr_ptr.dtype.element_ty), mask=mask)
+        tl.store(tile_pointers(dr_ptr, image, channels, positions, dr_stride_n, dr_stride_c,
+                               dr_stride_s), g.to(dr_ptr.dtype.element_ty), mask=mask)
 
 
 def _blocks(y):
     """(BLOCK_C, BLOCK_S) of every kernel here on y, (N, C, S)."""
     return channel_tile(y.shape[1], y.shape[2], y.stride(1) == 1, _TILE, long_block=256,
                         channel_block=64)
-
-
-def _elementwise_grid(y, block_c, block_s):
-    n, c, s = y.shape
-    return (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
 
 
 def _shares(y, block_c, block_s):
@@ -342,7 +335,7 @@ def channel_affine_act(input, scale, shift, residual, output, relu):
         return
     block_c, block_s = _blocks(input)
     with on_device_of(input):
-        _channel_affine_act_kernel[_elementwise_grid(input, block_c, block_s)](
+        _channel_affine_act_kernel[tile_grid(input, block_c, block_s)](
             input, scale if scale is not None else shift, shift,
             residual if residual is not None else input, output, input.shape[1],
             input.shape[2], *input.stride(), *_strides_or_zeros(residual), *output.stride(),
@@ -396,7 +389,7 @@ def batch_norm_act_backward(grad_output, input, residual, scale, shift, mean, in
         return
     block_c, block_s = _blocks(input)
     with on_device_of(input):
-        _backward_kernel[_elementwise_grid(input, block_c, block_s)](
+        _backward_kernel[tile_grid(input, block_c, block_s)](
             grad_output, input, residual if residual is not None else input, grad_input,
             grad_residual if grad_residual is not None else grad_input, scale, shift, mean,
             invstd, sum_dz, sum_dz_xhat, float(input.shape[0] * input.shape[2]),

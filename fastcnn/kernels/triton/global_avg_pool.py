@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 
 from fastcnn.kernels.triton._common import (acc_dtype, channel_tile, check_dims, check_dtype,
-                                             check_like, on_device_of)
+                                             check_like, on_device_of, tile_coordinates,
+                                             tile_grid, tile_pointers)
 
 # Elements per program tile.
 _TILE = 1024
@@ -78,22 +79,16 @@ def _global_avg_pool2d_backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tiles_s = tl.cdiv(S, BLOCK_S)
-    tiles_c = tl.cdiv(C, BLOCK_C)
-    image = (pid // (tiles_s * tiles_c)).to(tl.int64)
-    channels = pid // tiles_s % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    positions = pid % tiles_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    image, channels, positions = tile_coordinates(C, S, BLOCK_C, BLOCK_S)
     c_mask = channels < C
-    channels64 = channels.to(tl.int64)
 
-    g = tl.load(g_ptr + image * g_stride_n + channels64 * g_stride_c, mask=c_mask)
+    g = tl.load(g_ptr + image * g_stride_n + channels.to(tl.int64) * g_stride_c, mask=c_mask)
     dx = tl.broadcast_to((g.to(ACC_DTYPE) / S)[:, None], (BLOCK_C, BLOCK_S))
 
-    dx_offsets = (image * dx_stride_n + channels64[:, None] * dx_stride_c +
-                  positions.to(tl.int64)[None, :] * dx_stride_s)
+    dx_ptrs = tile_pointers(dx_ptr, image, channels, positions, dx_stride_n, dx_stride_c,
+                            dx_stride_s)
     mask = c_mask[:, None] & (positions < S)[None, :]
-    tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _blocks(t):
@@ -129,10 +124,9 @@ def global_avg_pool2d_backward(grad_output, grad_input):
     _check_views("grad_output", grad_output, "grad_input", grad_input)
     if grad_input.numel() == 0:
         return
-    n, c, s = grad_input.shape
+    _, c, s = grad_input.shape
     block_c, block_s = _blocks(grad_input)
-    grid = (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
     with on_device_of(grad_input):
-        _global_avg_pool2d_backward_kernel[grid](
+        _global_avg_pool2d_backward_kernel[tile_grid(grad_input, block_c, block_s)](
             grad_output, grad_input, c, s, *grad_output.stride()[:2], *grad_input.stride(),
             ACC_DTYPE=acc_dtype(grad_input), BLOCK_C=block_c, BLOCK_S=block_s)

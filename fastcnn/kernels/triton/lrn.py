@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from fastcnn.kernels.triton._common import (acc_dtype, channel_tile, on_device_of,
-                                             tile_coordinates)
+                                             tile_coordinates, tile_grid, tile_pointers)
 
 # How s^beta is computed, fixed at compile time (see _power).
 _BETA_ZERO = tl.constexpr(0)
@@ -59,19 +59,24 @@ def _power(s, beta, BETA_KIND: tl.constexpr):
 
 
 @triton.jit
-def _window_sum_of_squares(
+def _scale(
     x_image,  # pointer to x[n, 0, 0]
-    channels,  # (BLOCK_C,) int32: the channels whose windows are summed
+    channels,  # (BLOCK_C,) int32: the channels c whose s_c is computed
     s_offsets,  # (1, BLOCK_S) int64: spatial offsets into x, in elements
     s_mask,  # (1, BLOCK_S) bool
     C,
     x_stride_c,
-    lo,  # window of channel c is [c - lo, c + hi], clipped to at most C - 1 each way
+    # LRN parameters; the window of channel c is [c - lo, c + hi], clipped to at most
+    # C - 1 each way
+    lo,
     hi,
+    alpha_over_size,
+    k,
     ACC_DTYPE: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
+    """s_c = k + alpha / size * sum_{j in window(c)} x_j^2, in ACC_DTYPE."""
     total = tl.zeros((BLOCK_C, BLOCK_S), ACC_DTYPE)
     for d in range(-lo, hi + 1):
         neighbour = channels + d
@@ -82,7 +87,7 @@ def _window_sum_of_squares(
             other=0.0,
         ).to(ACC_DTYPE)
         total += v * v
-    return total
+    return tl.cast(k, ACC_DTYPE) + tl.cast(alpha_over_size, ACC_DTYPE) * total
 
 
 @triton.jit
@@ -118,15 +123,14 @@ def _lrn_forward_kernel(
     x_image = x_ptr + image * x_stride_n
     x_s = positions.to(tl.int64)[None, :] * x_stride_s
 
-    window = _window_sum_of_squares(x_image, channels, x_s, s_mask, C, x_stride_c, lo, hi,
-                                    ACC_DTYPE, BLOCK_C, BLOCK_S)
+    s = _scale(x_image, channels, x_s, s_mask, C, x_stride_c, lo, hi, alpha_over_size, k,
+               ACC_DTYPE, BLOCK_C, BLOCK_S)
     x = tl.load(x_image + channels.to(tl.int64)[:, None] * x_stride_c + x_s, mask=mask)
-    s = tl.cast(k, ACC_DTYPE) + tl.cast(alpha_over_size, ACC_DTYPE) * window
     y = x.to(ACC_DTYPE) / _power(s, beta, BETA_KIND)
 
-    y_offsets = (image * y_stride_n + channels.to(tl.int64)[:, None] * y_stride_c +
-                 positions.to(tl.int64)[None, :] * y_stride_s)
-    tl.store(y_ptr + y_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+    y_ptrs = tile_pointers(y_ptr, image, channels, positions, y_stride_n, y_stride_c,
+                           y_stride_s)
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -168,8 +172,6 @@ def _lrn_backward_kernel(
     g_image = g_ptr + image * g_stride_n
     x_s = positions.to(tl.int64)[None, :] * x_stride_s
     g_s = positions.to(tl.int64)[None, :] * g_stride_s
-    alpha_over_size = tl.cast(alpha_over_size, ACC_DTYPE)
-    k = tl.cast(k, ACC_DTYPE)
 
     # sum of t_j over the transposed window [c - hi, c + lo]
     t_sum = tl.zeros((BLOCK_C, BLOCK_S), ACC_DTYPE)
@@ -179,23 +181,23 @@ def _lrn_backward_kernel(
         j64 = j.to(tl.int64)[:, None]
         x_j = tl.load(x_image + j64 * x_stride_c + x_s, mask=valid, other=0.0).to(ACC_DTYPE)
         g_j = tl.load(g_image + j64 * g_stride_c + g_s, mask=valid, other=0.0).to(ACC_DTYPE)
-        s_j = k + alpha_over_size * _window_sum_of_squares(
-            x_image, j, x_s, s_mask, C, x_stride_c, lo, hi, ACC_DTYPE, BLOCK_C, BLOCK_S)
+        s_j = _scale(x_image, j, x_s, s_mask, C, x_stride_c, lo, hi, alpha_over_size, k,
+                     ACC_DTYPE, BLOCK_C, BLOCK_S)
         t_sum += tl.where(valid, g_j * x_j / (_power(s_j, beta, BETA_KIND) * s_j), 0.0)
 
     c64 = channels.to(tl.int64)[:, None]
     x = tl.load(x_image + c64 * x_stride_c + x_s, mask=mask).to(ACC_DTYPE)
     g = tl.load(g_image + c64 * g_stride_c + g_s, mask=mask).to(ACC_DTYPE)
-    s = k + alpha_over_size * _window_sum_of_squares(
-        x_image, channels, x_s, s_mask, C, x_stride_c, lo, hi, ACC_DTYPE, BLOCK_C, BLOCK_S)
+    s = _scale(x_image, channels, x_s, s_mask, C, x_stride_c, lo, hi, alpha_over_size, k,
+               ACC_DTYPE, BLOCK_C, BLOCK_S)
     # With beta == 0 the cross term is exactly zero, as in torch.pow's gradient, even
     # where t is not finite (s == 0).
     cross = tl.where(grad_coef == 0, 0.0, tl.cast(grad_coef, ACC_DTYPE) * x * t_sum)
     dx = g / _power(s, beta, BETA_KIND) - cross
 
-    dx_offsets = (image * dx_stride_n + c64 * dx_stride_c +
-                  positions.to(tl.int64)[None, :] * dx_stride_s)
-    tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    dx_ptrs = tile_pointers(dx_ptr, image, channels, positions, dx_stride_n, dx_stride_c,
+                            dx_stride_s)
+    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _beta_kind(beta):
@@ -213,10 +215,10 @@ def _beta_kind(beta):
 
 def _launch_settings(x):
     """Grid size and compile-time options shared by the forward and backward launches."""
-    n, c, s = x.shape
+    _, c, s = x.shape
     block_c, block_s = channel_tile(c, s, x.stride(1) == 1, _TILE, long_block=128,
                                     channel_block=64)
-    grid = (n * triton.cdiv(c, block_c) * triton.cdiv(s, block_s),)
+    grid = tile_grid(x, block_c, block_s)
     options = {
         "ACC_DTYPE": acc_dtype(x),
         "BLOCK_C": block_c,
