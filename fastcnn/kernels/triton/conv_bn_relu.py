@@ -320,8 +320,8 @@ def _shares(y, block_c, block_s):
     n, c, s = y.shape
     total_tiles = n * triton.cdiv(s, block_s)
     shares = max(1, min(_MAX_SHARES, triton.cdiv(total_tiles, _TILES_PER_SHARE)))
-    tiles_per_share = triton.cdiv(total_tiles, shares)
-    shares = triton.cdiv(total_tiles, tiles_per_share)
+    tiles_per_share = max(1, triton.cdiv(total_tiles, shares))
+    shares = max(1, triton.cdiv(total_tiles, tiles_per_share))
     return (triton.cdiv(c, block_c), shares), total_tiles, tiles_per_share
 
 
@@ -345,6 +345,9 @@ def channel_affine_act(input, scale, shift, residual, output, relu):
 
 def batch_norm_stats(input, mean, var):
     """Writes the per-channel mean and biased variance of input (N, C, S) into mean, var."""
+    if input.shape[0] * input.shape[2] == 0:
+        raise ValueError(f"batch statistics need at least one value per channel, got input of "
+                         f"shape {tuple(input.shape)}")
     block_c, block_s = _blocks(input)
     grid, total_tiles, tiles_per_share = _shares(input, block_c, block_s)
     partial = torch.empty((3, grid[1], input.shape[1]), dtype=torch.float64,
