@@ -68,9 +68,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "input.",
         py::arg("input"), py::arg("scale"), py::arg("shift"), py::arg("residual"),
         py::arg("output"), py::arg("relu"), py::call_guard<py::gil_scoped_release>());
-  m.def("convert_layout", &fastcnn::cpu::convert_layout,
-        "output = input for (N, C, S) views in different layouts (channels_last <-> NCHW).",
-        py::arg("input"), py::arg("output"), py::call_guard<py::gil_scoped_release>());
   m.def("batch_norm_stats", &fastcnn::cpu::batch_norm_stats,
         "Per-channel mean and biased variance of input, an (N, C, S) view.", py::arg("input"),
         py::arg("mean"), py::arg("var"), py::call_guard<py::gil_scoped_release>());

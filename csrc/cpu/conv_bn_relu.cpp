@@ -38,7 +38,6 @@
 #include "../common.h"
 #include "chunk.h"
 #include "ops.h"
-#include "transpose.h"
 
 namespace fastcnn::cpu {
 namespace {
@@ -707,75 +706,7 @@ ChannelView<scalar_t> view_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? ChannelView<scalar_t>(*t) : ChannelView<scalar_t>();
 }
 
-// ---------------------------------------------------------------------------------------
-// Transposed layouts (float32): a channels_last convolution output written NCHW, and
-// plain layout conversions, by 16 x 16 blocks (transpose.h).
-// ---------------------------------------------------------------------------------------
-
-// Whether float32 views `input` and `output` (and `residual`, laid out as output) are in
-// the two transposed layouts: channels_last-like input and NCHW-like output (kind 1), or
-// the reverse (kind 2); 0 otherwise (a singleton axis leaves the layout ambiguous).
-int transposed_layouts(const at::Tensor& input, const at::Tensor& output,
-                       const std::optional<at::Tensor>& residual) {
-  if (input.scalar_type() != at::kFloat || input.size(1) < 2 || input.size(2) < 2) return 0;
-  if (residual.has_value() && residual->strides() != output.strides()) return 0;
-  if (input.stride(1) == 1 && output.stride(2) == 1) return 1;
-  if (input.stride(2) == 1 && output.stride(1) == 1) return 2;
-  return 0;
-}
-
-// output = act(input * scale_c + shift_c (+ residual)) (affine) or input (a copy), for
-// transposed_layouts(...) == kind; only kind 1 (whose columns are channels) has an affine.
-template <bool kAffine, bool kResidual>
-void transpose_layouts(const at::Tensor& input, const at::Tensor& output,
-                       const std::optional<at::Tensor>& residual, const float* scale,
-                       const float* shift, bool relu, int kind) {
-  const int64_t n = input.size(0);
-  // rows r and columns k of one image's source matrix: (positions, channels) for kind 1,
-  // (channels, positions) for kind 2
-  const int64_t rows = kind == 1 ? input.size(2) : input.size(1);
-  const int64_t columns = kind == 1 ? input.size(1) : input.size(2);
-  const int64_t src_row = kind == 1 ? input.stride(2) : input.stride(1);
-  const int64_t dst_row = kind == 1 ? output.stride(1) : output.stride(2);
-  // regions of up to 1024 columns and as many rows as make about 16K values, in whole
-  // blocks (a channels_last (N, 64, 56, 56) tensor has regions of 256 positions x 64
-  // channels: 64-channel rows in, 1 KB runs of 64 channel rows out; its NCHW counterpart
-  // 16 channels x 1024 positions: 4 KB runs in, 64-byte pieces of 1024 rows out)
-  const int64_t k_chunk = std::min<int64_t>(1024, columns);
-  const int64_t r_chunk = std::max<int64_t>(1, 16384 / (16 * k_chunk)) * 16;
-  const int64_t k_chunks = (columns + k_chunk - 1) / k_chunk;
-  const int64_t r_chunks = (rows + r_chunk - 1) / r_chunk;
-  const float* src = static_cast<const float*>(input.data_ptr());
-  float* dst = static_cast<float*>(output.data_ptr());
-  const float* res = kResidual ? static_cast<const float*>(residual->data_ptr()) : nullptr;
-  at::parallel_for(0, n * r_chunks * k_chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t image = item / (r_chunks * k_chunks);
-      const int64_t r0 = item / k_chunks % r_chunks * r_chunk, k0 = item % k_chunks * k_chunk;
-      const TransposeArgs args{src + image * input.stride(0), src_row,
-                               dst + image * output.stride(0), dst_row,
-                               kResidual ? res + image * residual->stride(0) : nullptr,
-                               kResidual ? residual->stride(1) : 0, scale, shift, relu};
-      transpose_region<kAffine, kResidual>(args, r0, std::min(rows, r0 + r_chunk), k0,
-                                           std::min(columns, k0 + k_chunk));
-    }
-  });
-}
-
 }  // namespace
-
-void convert_layout(const at::Tensor& input, const at::Tensor& output) {
-  check_cpu_float_3d(input, "input");
-  check_output(output, input, "output");
-  check_disjoint(output, "output", input, "input");
-  if (input.numel() == 0) return;
-  const int kind = transposed_layouts(input, output, std::nullopt);
-  if (kind == 0) {
-    output.copy_(input);
-    return;
-  }
-  transpose_layouts<false, false>(input, output, std::nullopt, nullptr, nullptr, false, kind);
-}
 
 void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>& scale,
                         const at::Tensor& shift, const std::optional<at::Tensor>& residual,
@@ -791,18 +722,6 @@ void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>
   }
   const Extent e{input.size(0), input.size(1), input.size(2)};
   if (input.numel() == 0) return;
-  if (transposed_layouts(input, output, residual) == 1) {
-    // a channels_last convolution's output written NCHW
-    const std::vector<float> ones(scale.has_value() ? 0 : e.c, 1.0f);
-    const float* a = scale.has_value() ? data_of<float>(*scale) : ones.data();
-    const float* b = data_of<float>(shift);
-    if (residual.has_value()) {
-      transpose_layouts<true, true>(input, output, residual, a, b, relu, 1);
-    } else {
-      transpose_layouts<true, false>(input, output, residual, a, b, relu, 1);
-    }
-    return;
-  }
   const bool pixels = use_pixel_tiles(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_channel_affine_act", [&] {

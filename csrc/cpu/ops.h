@@ -48,10 +48,6 @@ void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>
 
 void batch_norm_stats(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var);
 
-// output = input between (N, C, S) views of the same shape in any layouts; float32 ones in
-// the two transposed layouts (channels-last-like and NCHW-like) by blocks in registers.
-void convert_layout(const at::Tensor& input, const at::Tensor& output);
-
 void batch_norm_act_backward_reduce(const at::Tensor& grad_output, const at::Tensor& input,
                                     const std::optional<at::Tensor>& residual,
                                     const at::Tensor& scale, const at::Tensor& shift,

@@ -679,5 +679,8 @@ def test_cpp_entry_points_refuse_outputs_that_share_memory_with_inputs():
         kernels.batch_norm_act_backward(grad, y, None, v, v, v, v, v, v, grad, None, True)
     with pytest.raises(RuntimeError, match=r"output must have the shape of input \[2, 4, 25\]"):
         kernels.channel_affine_act(y, v, v, None, torch.empty(2, 3, 25), True)
+    with pytest.raises(RuntimeError, match="output must have the dtype of input"):
+        kernels.channel_affine_act(y, v, v, None, torch.empty(2, 4, 25, dtype=torch.float64),
+                                   True)
     with pytest.raises(RuntimeError, match="scale must be Float for Float input"):
         kernels.channel_affine_act(y, v.double(), v, None, y, True)
