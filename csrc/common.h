@@ -1,6 +1,7 @@
 // Shared pieces of the CPU kernels: argument checks with messages a user can act on,
-// the (N, C, S) strided view every kernel works on, and the build macros that let the
-// compiler vectorise the hot loops for the machine that runs them.
+// the (N, C, S) strided view every kernel works on (its sizes, and which axis its vector
+// lanes run along), and the build macros that let the compiler vectorise the hot loops for
+// the machine that runs them.
 #pragma once
 
 #include <ATen/MemoryOverlap.h>
@@ -52,6 +53,31 @@ struct ChannelView {
   }
 };
 
+// The sizes of an (N, C, S) view.
+struct Extent {
+  int64_t n, c, s;
+
+  explicit Extent(const at::Tensor& t) : n(t.size(0)), c(t.size(1)), s(t.size(2)) {}
+  int64_t count() const { return n * s; }  // values per channel
+};
+
+// Whether t's channels are its contiguous axis, and more than one.
+inline bool channels_innermost(const at::Tensor& t) { return t.size(1) > 1 && t.stride(1) == 1; }
+
+// Whether the kernels that tile an (N, C, S) view two ways run their vector lanes along its
+// channels (pixel tiles: channels_last) rather than its positions (rows: NCHW): along
+// whichever axis is contiguous in memory, unless that axis is too short to fill vectors
+// while the other is longer; then, as for layouts with neither axis contiguous, the longer.
+inline bool use_pixel_tiles(const at::Tensor& t) {
+  constexpr int64_t kShortAxis = 16;
+  const int64_t channels = t.size(1), positions = t.size(2);
+  if (channels_innermost(t) && (channels >= kShortAxis || channels >= positions)) return true;
+  if (t.stride(2) == 1 && positions > 1 && (positions >= kShortAxis || positions >= channels)) {
+    return false;
+  }
+  return channels > positions;
+}
+
 inline void check_cpu_float_3d(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
   TORCH_CHECK(t.dim() == 3, name, " must be viewed as (N, C, S) with 3 dimensions, got ",
@@ -68,17 +94,34 @@ inline void check_same_shape_and_dtype(const at::Tensor& t, const at::Tensor& re
               ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
 }
 
-// Outputs are written while inputs are still being read.
-inline void check_disjoint(const at::Tensor& out, const char* out_name, const at::Tensor& in,
-                           const char* in_name) {
-  const auto status = at::get_overlap_status(out, in);
-  TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
-              out_name, " must not share memory with ", in_name);
+// t is a CPU (N, C, S) view of the shape and dtype of the op's input.
+inline void check_same_as(const at::Tensor& t, const at::Tensor& input, const char* name) {
+  check_cpu_float_3d(t, name);
+  check_same_shape_and_dtype(t, input, name, "input");
 }
 
 inline void check_writable(const at::Tensor& out, const char* name) {
   TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, name,
               " must not have overlapping elements (it is written to)");
+}
+
+// An output of the shape and dtype of the op's input.
+inline void check_output(const at::Tensor& out, const at::Tensor& input, const char* name) {
+  check_same_as(out, input, name);
+  check_writable(out, name);
+}
+
+// An output that is written while `in` is read must not overlap it, except (where
+// `same_allowed`) by being exactly the same elements, for kernels in which each element
+// is read before it is written.
+inline void check_disjoint(const at::Tensor& out, const char* out_name, const at::Tensor& in,
+                           const char* in_name, bool same_allowed = false) {
+  const auto status = at::get_overlap_status(out, in);
+  const bool same = status == at::MemOverlapStatus::Full && out.strides() == in.strides();
+  TORCH_CHECK(status != at::MemOverlapStatus::Partial &&
+                  (status != at::MemOverlapStatus::Full || (same_allowed && same)),
+              out_name, " must not share memory with ", in_name,
+              same_allowed ? " (except by being the very same tensor)" : "");
 }
 
 }  // namespace fastcnn

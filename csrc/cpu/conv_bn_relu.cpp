@@ -49,11 +49,6 @@ constexpr int64_t kRunLength = 4096;
 // block twice, from L2 (128 KB of float32), and merge their float64 moments once per block.
 constexpr int64_t kBlockValues = 32768;
 
-struct Extent {
-  int64_t n, c, s;
-  int64_t count() const { return n * s; }  // values per channel
-};
-
 // A tensor's view along the lanes of one run: its first element, the stride between lanes
 // and the step from one run to the next of a block (a kernel may be handed several runs:
 // positions of one image in the pixels tiling, images in the rows tiling).
@@ -422,19 +417,6 @@ FASTCNN_TARGET_CLONES void backward_lanes(Lanes<const scalar_t> g_run, Lanes<con
 // Tilings.
 // ---------------------------------------------------------------------------------------
 
-// Whether the lanes run along channels (channels_last and alike) rather than positions.
-bool use_pixel_tiles(const at::Tensor& y) {
-  constexpr int64_t kShortAxis = 16;
-  const int64_t channels = y.size(1), positions = y.size(2);
-  if (y.stride(1) == 1 && channels > 1 && (channels >= kShortAxis || channels >= positions)) {
-    return true;
-  }
-  if (y.stride(2) == 1 && positions > 1 && (positions >= kShortAxis || positions >= channels)) {
-    return false;
-  }
-  return channels > positions;
-}
-
 // A run of lanes: positions [s, s + length) of channel c of image n (rows tiling), or
 // channels [0, C) of position s of image n (pixels tiling). A block is `count` runs: the
 // same positions of images n, n + 1, ... (rows), or positions s, s + 1, ... (pixels).
@@ -662,30 +644,6 @@ void backward_reduce(const ChannelView<const scalar_t>& g, const ChannelView<con
 // Checks.
 // ---------------------------------------------------------------------------------------
 
-void check_same_as(const at::Tensor& t, const at::Tensor& y, const char* name) {
-  check_cpu_float_3d(t, name);
-  check_same_shape_and_dtype(t, y, name, "input");
-}
-
-void check_output(const at::Tensor& out, const at::Tensor& y, const char* name) {
-  check_same_as(out, y, name);
-  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, name,
-              " must not have overlapping elements (it is written to)");
-}
-
-// An output that is written while `in` is read must not overlap it, except (where
-// `same_allowed`) by being exactly the same elements: each lane reads its own value
-// before writing it.
-void check_disjoint(const at::Tensor& out, const char* out_name, const at::Tensor& in,
-                    const char* in_name, bool same_allowed = false) {
-  const auto status = at::get_overlap_status(out, in);
-  const bool same = status == at::MemOverlapStatus::Full && out.strides() == in.strides();
-  TORCH_CHECK(status != at::MemOverlapStatus::Partial &&
-                  (status != at::MemOverlapStatus::Full || (same_allowed && same)),
-              out_name, " must not share memory with ", in_name,
-              same_allowed ? " (except by being the very same tensor)" : "");
-}
-
 // A per-channel vector: (C,), contiguous, in the accumulation type of y's dtype.
 void check_channel_vector(const at::Tensor& v, const at::Tensor& y, const char* name) {
   const auto expected = at::toOpMathType(y.scalar_type());
@@ -720,7 +678,7 @@ void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>
     check_same_as(*residual, input, "residual");
     check_disjoint(output, "output", *residual, "residual", /*same_allowed=*/true);
   }
-  const Extent e{input.size(0), input.size(1), input.size(2)};
+  const Extent e(input);
   if (input.numel() == 0) return;
   const bool pixels = use_pixel_tiles(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -752,7 +710,7 @@ void batch_norm_stats(const at::Tensor& input, const at::Tensor& mean, const at:
   check_cpu_float_3d(input, "input");
   check_channel_vector(mean, input, "mean");
   check_channel_vector(var, input, "var");
-  const Extent e{input.size(0), input.size(1), input.size(2)};
+  const Extent e(input);
   TORCH_CHECK(e.count() > 0, "batch statistics need at least one value per channel, got input "
               "of shape ", input.sizes());
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -789,7 +747,7 @@ void batch_norm_act_backward_reduce(const at::Tensor& grad_output, const at::Ten
   check_channel_vector(invstd, input, "invstd");
   check_channel_vector(sum_dz, input, "sum_dz");
   check_channel_vector(sum_dz_xhat, input, "sum_dz_xhat");
-  const Extent e{input.size(0), input.size(1), input.size(2)};
+  const Extent e(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_batch_norm_act_backward_reduce",
       [&] {
@@ -842,7 +800,7 @@ void batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& in
     check_disjoint(*grad_residual, "grad_residual", input, "input");
     if (residual.has_value()) check_disjoint(*grad_residual, "grad_residual", *residual, "residual");
   }
-  const Extent e{input.size(0), input.size(1), input.size(2)};
+  const Extent e(input);
   if (input.numel() == 0) return;
   const bool pixels = use_pixel_tiles(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -261,9 +261,7 @@ void backward_pixels(const ChannelView<const scalar_t>& g, const ChannelView<sca
 // Lanes along channels when they are contiguous and positions are not, or positions are
 // too few to fill vectors.
 bool use_pixels(const at::Tensor& x) {
-  const int64_t channels = x.size(1), positions = x.size(2);
-  if (channels <= 1) return false;
-  return x.stride(1) == 1 && (x.stride(2) != 1 || positions < 16);
+  return channels_innermost(x) && (x.stride(2) != 1 || x.size(2) < 16);
 }
 
 void check_pooled(const at::Tensor& pooled, const at::Tensor& x, const char* name,

@@ -18,7 +18,7 @@
 // writing s out in forward and reading it back.
 //
 // Two tilings; the vector lanes run along the axis that is contiguous in memory (see
-// use_pixel_tiles):
+// use_pixel_tiles, common.h):
 //   channel rows (NCHW): a tile is a run of up to kMaxRowWidth spatial positions of one
 //     image, walked channel by channel, so the reads stream through memory in order. Rows
 //     are used where they lie (float32 and float64), or converted to the accumulation type
@@ -187,10 +187,6 @@ struct RowOutput {
 // ---------------------------------------------------------------------------------------
 // Tile drivers.
 // ---------------------------------------------------------------------------------------
-
-struct Extent {
-  int64_t n, c, s;
-};
 
 // Rows of channel-rows buffers kept in rings: channel j lives in slot j % slots.
 template <typename T>
@@ -417,30 +413,9 @@ void backward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<con
   });
 }
 
-// The vector lanes run along whichever axis is contiguous in memory (channels for
-// channels_last, space for NCHW), unless that axis is too short to fill vectors while the
-// other is longer; then, as for layouts with neither axis contiguous, the longer one.
-bool use_pixel_tiles(const at::Tensor& x) {
-  constexpr int64_t kShortAxis = 16;
-  const int64_t channels = x.size(1), positions = x.size(2);
-  if (x.stride(1) == 1 && channels > 1 && (channels >= kShortAxis || channels >= positions)) {
-    return true;
-  }
-  if (x.stride(2) == 1 && positions > 1 && (positions >= kShortAxis || positions >= channels)) {
-    return false;
-  }
-  return channels > positions;
-}
-
 void check_lrn_args(const at::Tensor& x, int64_t size) {
   check_cpu_float_3d(x, "input");
   TORCH_CHECK(size >= 1, "size must be >= 1, got ", size);
-}
-
-void check_output(const at::Tensor& out, const at::Tensor& x, const char* name) {
-  check_cpu_float_3d(out, name);
-  check_same_shape_and_dtype(out, x, name, "input");
-  check_writable(out, name);
 }
 
 }  // namespace
@@ -450,7 +425,7 @@ void lrn_forward(const at::Tensor& input, const at::Tensor& output, int64_t size
   check_lrn_args(input, size);
   check_output(output, input, "output");
   check_disjoint(output, "output", input, "input");
-  const Extent e{input.size(0), input.size(1), input.size(2)};
+  const Extent e(input);
   if (input.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_lrn_forward", [&] {
@@ -469,12 +444,11 @@ void lrn_backward(const at::Tensor& input, const at::Tensor& grad_output,
                   const at::Tensor& grad_input, int64_t size, double alpha, double beta,
                   double k) {
   check_lrn_args(input, size);
-  check_cpu_float_3d(grad_output, "grad_output");
-  check_same_shape_and_dtype(grad_output, input, "grad_output", "input");
+  check_same_as(grad_output, input, "grad_output");
   check_output(grad_input, input, "grad_input");
   check_disjoint(grad_input, "grad_input", input, "input");
   check_disjoint(grad_input, "grad_input", grad_output, "grad_output");
-  const Extent e{input.size(0), input.size(1), input.size(2)};
+  const Extent e(input);
   if (input.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_lrn_backward", [&] {

@@ -952,9 +952,6 @@ void backward_pixels(const BackwardArgs<scalar_t, pos_t>& args) {
 // Entry points.
 // ---------------------------------------------------------------------------------------
 
-// Lanes along channels when they are contiguous and more than one, else along rows.
-bool channels_innermost(const at::Tensor& t) { return t.size(1) > 1 && t.stride(1) == 1; }
-
 int64_t pooled_size_ceil(int64_t size, int64_t kernel, int64_t stride, int64_t pad,
                          int64_t dilation) {
   const int64_t numerator = size + 2 * pad - dilation * (kernel - 1) - 1 + stride - 1;
