@@ -58,8 +58,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Mean over S of an (N, C, S) view into an (N, C, 1) view.", py::arg("input"),
         py::arg("output"), py::call_guard<py::gil_scoped_release>());
   m.def("global_avg_pool2d", &fastcnn::cpu::global_avg_pool2d,
-        "Mean over H and W of an (N, C, H, W) tensor as a new (N, C, 1, 1) tensor.",
-        py::arg("input"), py::call_guard<py::gil_scoped_release>());
+        "Mean over H and W of an (N, C, H, W) tensor as a new (N, C, 1, 1) tensor, "
+        "channels_last or contiguous.",
+        py::arg("input"), py::arg("channels_last"), py::call_guard<py::gil_scoped_release>());
   m.def("global_avg_pool2d_backward", &fastcnn::cpu::global_avg_pool2d_backward,
         "Global average pooling gradient: grad_output (N, C, 1) / S into grad_input (N, C, S).",
         py::arg("grad_output"), py::arg("grad_input"), py::call_guard<py::gil_scoped_release>());

@@ -293,13 +293,10 @@ void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output
       });
 }
 
-at::Tensor global_avg_pool2d(const at::Tensor& input) {
+at::Tensor global_avg_pool2d(const at::Tensor& input, bool channels_last) {
   TORCH_CHECK(input.dim() == 4, "input must be (N, C, H, W), got a ", input.dim(),
               "-d tensor of shape ", input.sizes());
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
-  // fastcnn.ops.pooling.is_channels_last's rule: channels innermost give a channels_last
-  // output, as torch's mean(keepdim=True) gives it
-  const bool channels_last = c > 1 && input.stride(1) == 1 && !input.is_contiguous();
   const at::Tensor output = at::empty(
       {n, c, 1, 1}, input.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
                                                                  : at::MemoryFormat::Contiguous));

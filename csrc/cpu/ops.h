@@ -33,10 +33,11 @@ void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& positi
 // Global average pooling of an (N, C, S) view into an (N, C, 1) view, and its gradient.
 void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output);
 
-// The same for an (N, C, H, W) tensor, into an (N, C, 1, 1) output allocated here in the
-// layout fastcnn.ops.pooling gives it (a call costs a few microseconds less than
-// allocating in Python and viewing there, on an op of a tenth of a millisecond).
-at::Tensor global_avg_pool2d(const at::Tensor& input);
+// The same for an (N, C, H, W) tensor, into an (N, C, 1, 1) output allocated here,
+// channels_last or contiguous as the caller decides (fastcnn.ops' layout rule): a call costs
+// a few microseconds less than allocating in Python and viewing there, on an op of a tenth
+// of a millisecond.
+at::Tensor global_avg_pool2d(const at::Tensor& input, bool channels_last);
 
 void global_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& grad_input);
 

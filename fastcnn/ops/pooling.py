@@ -123,7 +123,7 @@ def global_avg_pool2d(input: torch.Tensor, backend: str) -> torch.Tensor:
     if backend == "cpp":
         # The extension views, allocates (by _empty_global_pooled's rule) and pools in one
         # call: doing the first two here would cost a fifth of the op on a ResNet head.
-        return backends.kernels(backend).global_avg_pool2d(input)
+        return backends.kernels(backend).global_avg_pool2d(input, is_channels_last(input))
     output = _empty_global_pooled(input)
     n, c = output.shape[:2]
     backends.kernels(backend).global_avg_pool2d_forward(channel_view_or_copy(input),

@@ -215,11 +215,23 @@ def test_bad_input_names_the_argument(call, error, words):
 def test_cpp_entry_points_check_their_tensors():
     kernels = backends.kernels("cpp")
     with pytest.raises(RuntimeError, match=r"input must be \(N, C, H, W\)"):
-        kernels.global_avg_pool2d(randn(3, 4, 4))
+        kernels.global_avg_pool2d(randn(3, 4, 4), False)
     with pytest.raises(RuntimeError, match="input must be float16, bfloat16, float32 or float64"):
-        kernels.global_avg_pool2d(torch.ones(2, 3, 4, 4, dtype=torch.int64))
+        kernels.global_avg_pool2d(torch.ones(2, 3, 4, 4, dtype=torch.int64), False)
     x = channel_view(randn(2, 3, 4, 4))
     with pytest.raises(RuntimeError, match=r"output must be \(N, C, 1\)"):
         kernels.global_avg_pool2d_forward(x, torch.empty(2, 4, 1))
     with pytest.raises(RuntimeError, match="output must have the dtype of input"):
         kernels.global_avg_pool2d_forward(x, torch.empty(2, 3, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpp_entry_point_allocates_the_layout_it_is_told(channels_last):
+    """The C++ global_avg_pool2d(input, channels_last) takes its output layout from the
+    caller (fastcnn.ops' rule), whatever the input's own."""
+    x = randn(2, 3, 4, 5, channels_last=not channels_last)
+    y = backends.kernels("cpp").global_avg_pool2d(x, channels_last)
+    expected = torch.empty(2, 3, 1, 1, memory_format=torch.channels_last if channels_last else
+                           torch.contiguous_format)
+    assert y.shape == (2, 3, 1, 1) and y.stride() == expected.stride()
+    torch.testing.assert_close(y, x.mean(dim=(2, 3), keepdim=True))
