@@ -81,12 +81,6 @@ struct Rows {
 // vector ISA (FASTCNN_TARGET_CLONES).
 // ---------------------------------------------------------------------------------------
 
-// dst[i * stride] = src[i], for rows whose lanes are not contiguous in the output.
-template <typename scalar_t>
-void store_strided(const scalar_t* src, scalar_t* dst, int64_t stride, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i * stride] = src[i];
-}
-
 // out[i] = sum over the window's rows of row[i]^2 (kSquare) or row[i].
 template <bool kSquare, typename T>
 FASTCNN_TARGET_CLONES void window_sum(Rows<T> window, T* __restrict out, int64_t n) {
@@ -180,7 +174,7 @@ struct RowOutput {
 
   scalar_t* lanes() const { return stride == 1 ? dst : scratch; }
   void finish(int64_t n) const {
-    if (stride != 1) store_strided(scratch, dst, stride, n);
+    if (stride != 1) store_row(static_cast<const scalar_t*>(scratch), dst, stride, n);
   }
 };
 
@@ -248,6 +242,17 @@ class RowSource {
   int64_t n_ = 0, s0_ = 0, w_ = 0;
 };
 
+// A task's buffers for the channel rows of its tiles: a row's window sums, its output
+// lanes (where they are not contiguous in memory) and the rows of its window.
+template <typename scalar_t, typename T>
+struct RowBuffers {
+  std::vector<T> sums;
+  std::vector<scalar_t> scratch;
+  std::vector<const T*> window;
+
+  explicit RowBuffers(int64_t width) : sums(width), scratch(width) {}
+};
+
 // Spatial positions per channel-rows tile: long rows, but enough tiles for every thread.
 inline int64_t row_width(const Extent& e) {
   const int64_t threads = at::get_num_threads();
@@ -285,9 +290,7 @@ void forward_channel_rows(const ChannelView<const scalar_t>& x, const ChannelVie
   at::parallel_for(0, row_tile_count(e, width), 1, [&](int64_t begin, int64_t end) {
     RowSource<scalar_t, T> xs(x, p.window_rows(), width);
     const auto x_row = [&](int64_t j) { return xs.row(j); };
-    std::vector<T> sums(width);
-    std::vector<scalar_t> scratch(width);
-    std::vector<const T*> window;
+    RowBuffers<scalar_t, T> buf(width);
     for (int64_t index = begin; index < end; ++index) {
       const auto [n, s0, w] = RowTile(e, width, index);
       xs.start_tile(n, s0, w);
@@ -296,9 +299,10 @@ void forward_channel_rows(const ChannelView<const scalar_t>& x, const ChannelVie
         if (m < e.c) xs.load(m);
         const int64_t c = m - p.hi;
         if (c < 0) continue;
-        window_sum<true>(window_rows(c - p.lo, c + p.hi, e.c, x_row, window), sums.data(), w);
-        const RowOutput<scalar_t> out{y.at(n, c, s0), y.stride_s, scratch.data()};
-        forward_row(p, xs.row(c), static_cast<const T*>(sums.data()), out.lanes(), w);
+        window_sum<true>(window_rows(c - p.lo, c + p.hi, e.c, x_row, buf.window),
+                         buf.sums.data(), w);
+        const RowOutput<scalar_t> out{y.at(n, c, s0), y.stride_s, buf.scratch.data()};
+        forward_row(p, xs.row(c), static_cast<const T*>(buf.sums.data()), out.lanes(), w);
         out.finish(w);
       }
     }
@@ -344,9 +348,7 @@ void backward_channel_rows(const ChannelView<const scalar_t>& x,
     RowRing<T> g_over_q(slots, width), ts(slots, width);
     const auto x_row = [&](int64_t j) { return xs.row(j); };
     const auto t_row = [&](int64_t j) { return static_cast<const T*>(ts.row(j)); };
-    std::vector<T> sums(width);
-    std::vector<scalar_t> scratch(width);
-    std::vector<const T*> window;
+    RowBuffers<scalar_t, T> buf(width);
     for (int64_t index = begin; index < end; ++index) {
       const auto [n, s0, w] = RowTile(e, width, index);
       xs.start_tile(n, s0, w);
@@ -360,16 +362,18 @@ void backward_channel_rows(const ChannelView<const scalar_t>& x,
         }
         const int64_t j = m - p.hi;
         if (j >= 0 && j < e.c) {
-          window_sum<true>(window_rows(j - p.lo, j + p.hi, e.c, x_row, window), sums.data(), w);
-          backward_terms_row(p, xs.row(j), gs.row(j), static_cast<const T*>(sums.data()),
+          window_sum<true>(window_rows(j - p.lo, j + p.hi, e.c, x_row, buf.window),
+                           buf.sums.data(), w);
+          backward_terms_row(p, xs.row(j), gs.row(j), static_cast<const T*>(buf.sums.data()),
                              g_over_q.row(j), ts.row(j), w);
         }
         const int64_t c = j - p.lo;
         if (c < 0) continue;
-        window_sum<false>(window_rows(c - p.hi, c + p.lo, e.c, t_row, window), sums.data(), w);
-        const RowOutput<scalar_t> out{dx.at(n, c, s0), dx.stride_s, scratch.data()};
+        window_sum<false>(window_rows(c - p.hi, c + p.lo, e.c, t_row, buf.window),
+                          buf.sums.data(), w);
+        const RowOutput<scalar_t> out{dx.at(n, c, s0), dx.stride_s, buf.scratch.data()};
         grad_input_row(p.grad_coef, xs.row(c), static_cast<const T*>(g_over_q.row(c)),
-                       static_cast<const T*>(sums.data()), out.lanes(), w);
+                       static_cast<const T*>(buf.sums.data()), out.lanes(), w);
         out.finish(w);
       }
     }
@@ -413,54 +417,47 @@ void backward_pixels(const ChannelView<const scalar_t>& x, const ChannelView<con
   });
 }
 
-void check_lrn_args(const at::Tensor& x, int64_t size) {
-  check_cpu_float_3d(x, "input");
+// The arguments of both directions: input, size, and the output written while input is
+// read.
+void check_lrn_args(const at::Tensor& input, int64_t size, const at::Tensor& out,
+                    const char* out_name) {
+  check_cpu_float_3d(input, "input");
   TORCH_CHECK(size >= 1, "size must be >= 1, got ", size);
+  check_output(out, input, out_name);
+  check_disjoint(out, out_name, input, "input");
 }
 
 }  // namespace
 
 void lrn_forward(const at::Tensor& input, const at::Tensor& output, int64_t size,
                  double alpha, double beta, double k) {
-  check_lrn_args(input, size);
-  check_output(output, input, "output");
-  check_disjoint(output, "output", input, "input");
-  const Extent e(input);
+  check_lrn_args(input, size, output, "output");
   if (input.numel() == 0) return;
+  const Extent e(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_lrn_forward", [&] {
-        const LrnConstants<at::opmath_type<scalar_t>> p(size, e.c, alpha, beta, k);
         const ChannelView<const scalar_t> x(input);
         const ChannelView<scalar_t> y(output);
-        if (use_pixel_tiles(input)) {
-          forward_pixels(x, y, e, p);
-        } else {
-          forward_channel_rows(x, y, e, p);
-        }
+        const LrnConstants<at::opmath_type<scalar_t>> p(size, e.c, alpha, beta, k);
+        use_pixel_tiles(input) ? forward_pixels(x, y, e, p) : forward_channel_rows(x, y, e, p);
       });
 }
 
 void lrn_backward(const at::Tensor& input, const at::Tensor& grad_output,
                   const at::Tensor& grad_input, int64_t size, double alpha, double beta,
                   double k) {
-  check_lrn_args(input, size);
+  check_lrn_args(input, size, grad_input, "grad_input");
   check_same_as(grad_output, input, "grad_output");
-  check_output(grad_input, input, "grad_input");
-  check_disjoint(grad_input, "grad_input", input, "input");
   check_disjoint(grad_input, "grad_input", grad_output, "grad_output");
-  const Extent e(input);
   if (input.numel() == 0) return;
+  const Extent e(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_lrn_backward", [&] {
-        const LrnConstants<at::opmath_type<scalar_t>> p(size, e.c, alpha, beta, k);
-        const ChannelView<const scalar_t> x(input);
-        const ChannelView<const scalar_t> g(grad_output);
+        const ChannelView<const scalar_t> x(input), g(grad_output);
         const ChannelView<scalar_t> dx(grad_input);
-        if (use_pixel_tiles(input)) {
-          backward_pixels(x, g, dx, e, p);
-        } else {
-          backward_channel_rows(x, g, dx, e, p);
-        }
+        const LrnConstants<at::opmath_type<scalar_t>> p(size, e.c, alpha, beta, k);
+        use_pixel_tiles(input) ? backward_pixels(x, g, dx, e, p)
+                               : backward_channel_rows(x, g, dx, e, p);
       });
 }
 
