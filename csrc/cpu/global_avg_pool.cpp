@@ -264,23 +264,31 @@ bool use_pixels(const at::Tensor& x) {
   return channels_innermost(x) && (x.stride(2) != 1 || x.size(2) < 16);
 }
 
-void check_pooled(const at::Tensor& pooled, const at::Tensor& x, const char* name,
-                  const char* x_name) {
-  check_cpu_float_3d(pooled, name);
-  TORCH_CHECK(pooled.size(0) == x.size(0) && pooled.size(1) == x.size(1) && pooled.size(2) == 1,
-              name, " must be (N, C, 1) for ", x_name, " of shape ", x.sizes(), ", got ",
-              pooled.sizes());
-  TORCH_CHECK(pooled.scalar_type() == x.scalar_type(), name, " must have the dtype of ", x_name,
-              " (", x.scalar_type(), "), got ", pooled.scalar_type());
+// The arguments of either direction: `full`, an (N, C, S) view, and `pooled`, its (N, C, 1)
+// counterpart, of which the output (pooled in forward, full in backward) is written while
+// the other is read.
+void check_pool_args(const at::Tensor& full, const char* full_name, const at::Tensor& pooled,
+                     const char* pooled_name, bool pooled_is_output) {
+  check_cpu_float_3d(full, full_name);
+  check_cpu_float_3d(pooled, pooled_name);
+  TORCH_CHECK(pooled.size(0) == full.size(0) && pooled.size(1) == full.size(1) &&
+                  pooled.size(2) == 1,
+              pooled_name, " must be (N, C, 1) for ", full_name, " of shape ", full.sizes(),
+              ", got ", pooled.sizes());
+  TORCH_CHECK(pooled.scalar_type() == full.scalar_type(), pooled_name, " must have the dtype of ",
+              full_name, " (", full.scalar_type(), "), got ", pooled.scalar_type());
+  const at::Tensor& out = pooled_is_output ? pooled : full;
+  const at::Tensor& in = pooled_is_output ? full : pooled;
+  const char* out_name = pooled_is_output ? pooled_name : full_name;
+  const char* in_name = pooled_is_output ? full_name : pooled_name;
+  check_writable(out, out_name);
+  check_disjoint(out, out_name, in, in_name);
 }
 
 }  // namespace
 
 void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output) {
-  check_cpu_float_3d(input, "input");
-  check_pooled(output, input, "output", "input");
-  check_writable(output, "output");
-  check_disjoint(output, "output", input, "input");
+  check_pool_args(input, "input", output, "output", /*pooled_is_output=*/true);
   if (output.numel() == 0) return;
   TORCH_CHECK(input.size(2) > 0, "input must have at least one position to average, got shape ",
               input.sizes());
@@ -311,10 +319,8 @@ at::Tensor global_avg_pool2d(const at::Tensor& input, bool channels_last) {
 }
 
 void global_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& grad_input) {
-  check_cpu_float_3d(grad_input, "grad_input");
-  check_pooled(grad_output, grad_input, "grad_output", "grad_input");
-  check_writable(grad_input, "grad_input");
-  check_disjoint(grad_input, "grad_input", grad_output, "grad_output");
+  check_pool_args(grad_input, "grad_input", grad_output, "grad_output",
+                  /*pooled_is_output=*/false);
   if (grad_input.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_input.scalar_type(), "fastcnn_global_avg_pool2d_backward",
