@@ -105,8 +105,8 @@ void batch_norm_stats(const at::Tensor& input, const at::Tensor& mean, const at:
         const std::vector<Moments> moments = use_pixel_tiles(input)
                                                  ? channel_moments<true>(y, e)
                                                  : channel_moments<false>(y, e);
-        T* mean_out = static_cast<T*>(mean.data_ptr());
-        T* var_out = static_cast<T*>(var.data_ptr());
+        T* mean_out = mean.data_ptr<T>();
+        T* var_out = var.data_ptr<T>();
         for (int64_t c = 0; c < e.c; ++c) {
           mean_out[c] = static_cast<T>(moments[c].mean);
           var_out[c] = static_cast<T>(moments[c].m2 / moments[c].count);

@@ -81,6 +81,10 @@ struct BackwardCoefficients {
   const T* mean;
   const T* mean_dz;  // sum_dz / M
   const T* k;        // scale * invstd * sum_dz_xhat / M
+
+  BackwardCoefficients from(int64_t c) const {
+    return {scale + c, shift + c, mean + c, mean_dz + c, k + c};
+  }
 };
 
 template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
@@ -168,8 +172,8 @@ void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_channel_affine_act", [&] {
         using T = at::opmath_type<scalar_t>;
         const std::vector<T> ones(scale.has_value() ? 0 : e.c, T(1));
-        const T* a = scale.has_value() ? data_of<T>(*scale) : ones.data();
-        const T* b = data_of<T>(shift);
+        const T* a = scale.has_value() ? scale->const_data_ptr<T>() : ones.data();
+        const T* b = shift.const_data_ptr<T>();
         const ChannelView<const scalar_t> y(input), r = view_or_null<const scalar_t>(residual);
         const ChannelView<scalar_t> out(output);
         with_flags(pixels, residual.has_value(), [&](auto per_lane, auto has_residual) {
@@ -200,12 +204,12 @@ void batch_norm_act_backward_reduce(const at::Tensor& grad_output, const at::Ten
         std::vector<double> a(e.c, 0.0), b(e.c, 0.0);
         with_flags(use_pixel_tiles(input), residual.has_value(), [&](auto pixels, auto with_r) {
           backward_sums<decltype(pixels)::value, decltype(with_r)::value>(
-              g, y, r, e, data_of<T>(scale), data_of<T>(shift), data_of<T>(mean), relu, a.data(),
-              b.data());
+              g, y, r, e, scale.const_data_ptr<T>(), shift.const_data_ptr<T>(),
+              mean.const_data_ptr<T>(), relu, a.data(), b.data());
         });
-        T* dz_out = static_cast<T*>(sum_dz.data_ptr());
-        T* dz_xhat_out = static_cast<T*>(sum_dz_xhat.data_ptr());
-        const T* inv = data_of<T>(invstd);
+        T* dz_out = sum_dz.data_ptr<T>();
+        T* dz_xhat_out = sum_dz_xhat.data_ptr<T>();
+        const T* inv = invstd.const_data_ptr<T>();
         for (int64_t c = 0; c < e.c; ++c) {
           dz_out[c] = static_cast<T>(a[c]);
           dz_xhat_out[c] = static_cast<T>(b[c] * static_cast<double>(inv[c]));
@@ -240,28 +244,25 @@ void batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& in
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_batch_norm_act_backward", [&] {
         using T = at::opmath_type<scalar_t>;
-        const T* a = data_of<T>(scale);
-        const T* inv = data_of<T>(invstd);
-        const T* s_dz = data_of<T>(sum_dz);
-        const T* s_dz_xhat = data_of<T>(sum_dz_xhat);
+        const T *a = scale.const_data_ptr<T>(), *inv = invstd.const_data_ptr<T>();
+        const T *s_dz = sum_dz.const_data_ptr<T>(), *s_dz_xhat = sum_dz_xhat.const_data_ptr<T>();
         const T count = static_cast<T>(e.count());
         std::vector<T> mean_dz(e.c), k(e.c);
         for (int64_t c = 0; c < e.c; ++c) {
           mean_dz[c] = s_dz[c] / count;
           k[c] = a[c] * inv[c] * s_dz_xhat[c] / count;
         }
+        const BackwardCoefficients<T> p{a, shift.const_data_ptr<T>(), mean.const_data_ptr<T>(),
+                                        mean_dz.data(), k.data()};
         const ChannelView<const scalar_t> g(grad_output), y(input);
         const ChannelView<const scalar_t> r = view_or_null<const scalar_t>(residual);
         const ChannelView<scalar_t> dy(grad_input), dr = view_or_null<scalar_t>(grad_residual);
         with_flags(pixels, residual.has_value(), [&](auto per_lane, auto has_residual) {
           for_each_run(e, pixels, [&](const Run& run) {
-            const BackwardCoefficients<T> p{a + run.c, data_of<T>(shift) + run.c,
-                                            data_of<T>(mean) + run.c, mean_dz.data() + run.c,
-                                            k.data() + run.c};
             backward_lanes<decltype(per_lane)::value, decltype(has_residual)::value>(
                 lanes_of(g, run, pixels), lanes_of(y, run, pixels), lanes_of(r, run, pixels),
-                lanes_of(dy, run, pixels), lanes_of(dr, run, pixels), p, relu, run.length,
-                run.count);
+                lanes_of(dy, run, pixels), lanes_of(dr, run, pixels), p.from(run.c), relu,
+                run.length, run.count);
           });
         });
       });

@@ -209,11 +209,6 @@ inline void check_channel_vector(const at::Tensor& v, const at::Tensor& y, const
               y.scalar_type(), " input, got ", v.scalar_type());
 }
 
-template <typename T>
-const T* data_of(const at::Tensor& v) {
-  return static_cast<const T*>(v.data_ptr());
-}
-
 template <typename scalar_t>
 ChannelView<scalar_t> view_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? ChannelView<scalar_t>(*t) : ChannelView<scalar_t>();
