@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <optional>
 #include <type_traits>
 
 // Force inlining of the per-element helpers into the loops that the compiler vectorises.
@@ -39,14 +40,17 @@ struct ChannelView {
   int64_t stride_c;
   int64_t stride_s;
 
-  // The view of an absent optional tensor: no data, never read.
-  ChannelView() : data(nullptr), stride_n(0), stride_c(0), stride_s(0) {}
-
   explicit ChannelView(const at::Tensor& t)
       : data(static_cast<scalar_t*>(t.data_ptr())),
         stride_n(t.stride(0)),
         stride_c(t.stride(1)),
         stride_s(t.stride(2)) {}
+
+  // The view of an optional tensor; of an absent one: no data, never read.
+  explicit ChannelView(const std::optional<at::Tensor>& t)
+      : data(nullptr), stride_n(0), stride_c(0), stride_s(0) {
+    if (t.has_value()) *this = ChannelView(*t);
+  }
 
   scalar_t* at(int64_t n, int64_t c, int64_t s) const {
     return data + n * stride_n + c * stride_c + s * stride_s;

@@ -174,7 +174,7 @@ void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>
         const std::vector<T> ones(scale.has_value() ? 0 : e.c, T(1));
         const T* a = scale.has_value() ? scale->const_data_ptr<T>() : ones.data();
         const T* b = shift.const_data_ptr<T>();
-        const ChannelView<const scalar_t> y(input), r = view_or_null<const scalar_t>(residual);
+        const ChannelView<const scalar_t> y(input), r(residual);
         const ChannelView<scalar_t> out(output);
         with_flags(pixels, residual.has_value(), [&](auto per_lane, auto has_residual) {
           for_each_run(e, pixels, [&](const Run& run) {
@@ -199,8 +199,7 @@ void batch_norm_act_backward_reduce(const at::Tensor& grad_output, const at::Ten
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_batch_norm_act_backward_reduce",
       [&] {
         using T = at::opmath_type<scalar_t>;
-        const ChannelView<const scalar_t> g(grad_output), y(input);
-        const ChannelView<const scalar_t> r = view_or_null<const scalar_t>(residual);
+        const ChannelView<const scalar_t> g(grad_output), y(input), r(residual);
         std::vector<double> a(e.c, 0.0), b(e.c, 0.0);
         with_flags(use_pixel_tiles(input), residual.has_value(), [&](auto pixels, auto with_r) {
           backward_sums<decltype(pixels)::value, decltype(with_r)::value>(
@@ -254,9 +253,8 @@ void batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& in
         }
         const BackwardCoefficients<T> p{a, shift.const_data_ptr<T>(), mean.const_data_ptr<T>(),
                                         mean_dz.data(), k.data()};
-        const ChannelView<const scalar_t> g(grad_output), y(input);
-        const ChannelView<const scalar_t> r = view_or_null<const scalar_t>(residual);
-        const ChannelView<scalar_t> dy(grad_input), dr = view_or_null<scalar_t>(grad_residual);
+        const ChannelView<const scalar_t> g(grad_output), y(input), r(residual);
+        const ChannelView<scalar_t> dy(grad_input), dr(grad_residual);
         with_flags(pixels, residual.has_value(), [&](auto per_lane, auto has_residual) {
           for_each_run(e, pixels, [&](const Run& run) {
             backward_lanes<decltype(per_lane)::value, decltype(has_residual)::value>(

@@ -209,10 +209,5 @@ inline void check_channel_vector(const at::Tensor& v, const at::Tensor& y, const
               y.scalar_type(), " input, got ", v.scalar_type());
 }
 
-template <typename scalar_t>
-ChannelView<scalar_t> view_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? ChannelView<scalar_t>(*t) : ChannelView<scalar_t>();
-}
-
 }  // namespace
 }  // namespace fastcnn::cpu
