@@ -952,14 +952,6 @@ void backward_pixels(const BackwardArgs<scalar_t, pos_t>& args) {
 // Entry points.
 // ---------------------------------------------------------------------------------------
 
-int64_t pooled_size_ceil(int64_t size, int64_t kernel, int64_t stride, int64_t pad,
-                         int64_t dilation) {
-  const int64_t numerator = size + 2 * pad - dilation * (kernel - 1) - 1 + stride - 1;
-  int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
-  if ((out - 1) * stride >= size + pad) --out;
-  return out;
-}
-
 std::pair<Axis, Axis> pooling_axes(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -978,9 +970,12 @@ std::pair<Axis, Axis> pooling_axes(int64_t in_h, int64_t in_w, int64_t out_h, in
     TORCH_CHECK(padding[d] >= 0 && padding[d] <= kernel_size[d] / 2,
                 "padding must be between 0 and half of kernel_size ", kernel_size, ", got ",
                 padding);
-    const int64_t most = pooled_size_ceil(in[d], kernel_size[d], stride[d], padding[d], dilation[d]);
-    TORCH_CHECK(out[d] >= 1 && out[d] <= most, "output size ", out[d],
-                " is impossible for input size ", in[d], " (at most ", most, ")");
+    // The output size is the caller's (fastcnn.ops.pooling.pooled_size); what the kernels
+    // rely on is that every window starts inside the input or its left padding.
+    const int64_t last_start = (out[d] - 1) * stride[d] - padding[d];
+    TORCH_CHECK(out[d] >= 1 && last_start < in[d], "output size ", out[d],
+                " is impossible for input size ", in[d], ": its last window would start at ",
+                last_start);
   }
   return {Axis(in_h, out_h, kernel_size[0], stride[0], padding[0], dilation[0]),
           Axis(in_w, out_w, kernel_size[1], stride[1], padding[1], dilation[1])};
