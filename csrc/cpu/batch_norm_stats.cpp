@@ -59,7 +59,7 @@ std::vector<Moments> channel_moments(const ChannelView<const scalar_t>& y, const
   using T = at::opmath_type<scalar_t>;
   const WorkItems items = reduction_items(e, kPixels);
   const int64_t sums = kPixels ? e.c : 1;  // per item
-  const auto partial = reduce_in_tasks(items.count(), [&](int64_t begin, int64_t end) {
+  const auto partial = reduce_in_tasks(e, items.count(), [&](int64_t begin, int64_t end) {
     std::vector<Moments> acc(e.c);
     std::vector<T> rough_mean(sums), sum_d(sums), sum_d2(sums);
     for (int64_t item = begin; item < end; ++item) {

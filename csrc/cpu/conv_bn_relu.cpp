@@ -111,7 +111,7 @@ void backward_sums(const ChannelView<const scalar_t>& g, const ChannelView<const
                    const T* shift, const T* mean, bool relu, double* sum_dz, double* sum_dz_dy) {
   const WorkItems items = reduction_items(e, kPixels);
   const int64_t sums = kPixels ? e.c : 1;  // per item
-  const auto partial = reduce_in_tasks(items.count(), [&](int64_t begin, int64_t end) {
+  const auto partial = reduce_in_tasks(e, items.count(), [&](int64_t begin, int64_t end) {
     std::vector<double> acc(2 * e.c, 0.0);
     std::vector<T> a(sums), b(sums);
     for (int64_t item = begin; item < end; ++item) {

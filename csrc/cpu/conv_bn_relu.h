@@ -24,6 +24,9 @@ constexpr int64_t kRunLength = 4096;
 // Values per block of positions in the channels_last reductions: the statistics sweep a
 // block twice, from L2 (128 KB of float32), and merge their float64 moments once per block.
 constexpr int64_t kBlockValues = 32768;
+// The most partial results of a reduction (see reduction_tasks): enough to share among the
+// threads of a large host.
+constexpr int64_t kReductionTasks = 64;
 
 // A tensor's view along the lanes of one run: its first element, the stride between lanes
 // and the step from one run to the next of a block (a kernel may be handed several runs:
@@ -168,21 +171,28 @@ void for_each_run(const Extent& e, bool pixels, F visit) {
   });
 }
 
-// The work items of the reductions: pixel blocks of ~kBlockValues values, fewer where that
-// would leave fewer than a few blocks per thread (one 7x7 image of 512 channels).
-WorkItems reduction_items(const Extent& e, bool pixels) {
-  const int64_t wanted = 4 * at::get_num_threads();
-  return WorkItems(e, pixels,
-                   std::max<int64_t>(1, std::min(kBlockValues / std::max<int64_t>(e.c, 1),
-                                                 (e.n * e.s + wanted - 1) / wanted)));
+// How many partial results a reduction over e keeps: one per ~kBlockValues values, at
+// most kReductionTasks. A rule of the shape, not of the thread count, so that the partial
+// sums, merged in task order, are the same bits on every host.
+inline int64_t reduction_tasks(const Extent& e) {
+  return std::clamp<int64_t>(e.n * e.s * e.c / kBlockValues, 1, kReductionTasks);
 }
 
-// Splits `items` work items into at most a few tasks per thread, runs task(begin, end)
-// for each in parallel, and returns what they return (their partial sums) in task order:
-// merged in that order, the sums do not depend on which thread ran what.
+// The work items of the reductions: pixel blocks of ~kBlockValues values, fewer where that
+// would leave fewer blocks than tasks (one 7x7 image of 2048 channels).
+WorkItems reduction_items(const Extent& e, bool pixels) {
+  const int64_t tasks = reduction_tasks(e);
+  return WorkItems(e, pixels,
+                   std::max<int64_t>(1, std::min(kBlockValues / std::max<int64_t>(e.c, 1),
+                                                 (e.n * e.s + tasks - 1) / tasks)));
+}
+
+// Splits the work items of a reduction over e into reduction_tasks(e) tasks (at most one
+// per item), runs task(begin, end) for each in parallel, and returns what they return
+// (their partial sums) in task order.
 template <typename F>
-auto reduce_in_tasks(int64_t items, F task) {
-  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(items, 4 * at::get_num_threads()));
+auto reduce_in_tasks(const Extent& e, int64_t items, F task) {
+  const int64_t tasks = std::max<int64_t>(1, std::min(items, reduction_tasks(e)));
   std::vector<decltype(task(int64_t(0), int64_t(0)))> partial(tasks);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {

@@ -210,23 +210,49 @@ def test_eval_follows_every_change_of_parameters_and_buffers():
 def test_repeated_calls_take_the_same_path_bit_for_bit(backend_device, kernel_size,
                                                        channels_last):
     """A fixed rule, not a measurement, picks the path: calls of the same shape give the
-    same bits, in training (outputs and gradients) and in inference."""
+    same bits, in training (outputs and gradients) and in inference, with any number of
+    threads (the last call runs on one)."""
     backend, device = backend_device
     conv, bn = make_modules(8, 8, kernel_size, dtype=torch.float32, device=device,
                             padding=kernel_size // 2)
     x = randn(3, 8, 6, 7, device=device, channels_last=channels_last)
-    runs = []
-    for _ in range(3):
+    runs, threads = [], torch.get_num_threads()
+    for call in range(3):
         leaf, step_bn = x.clone().requires_grad_(), copy.deepcopy(bn).train()
         conv.weight.grad = None
-        z = conv_bn_relu(leaf, conv, step_bn)
-        z.backward(_fixed_grad(z))
-        with torch.no_grad():
-            inference = conv_bn_relu(x, conv, bn.eval())
-        runs.append((z, leaf.grad, conv.weight.grad, step_bn.running_var, inference))
+        torch.set_num_threads(1 if call == 2 else threads)
+        try:
+            z = conv_bn_relu(leaf, conv, step_bn)
+            z.backward(_fixed_grad(z))
+            with torch.no_grad():
+                inference = conv_bn_relu(x, conv, bn.eval())
+        finally:
+            torch.set_num_threads(threads)
+        runs.append((z, leaf.grad, step_bn.running_var, inference))
     for run in runs[1:]:
         for a, b in zip(run, runs[0]):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("layout", VIEW_LAYOUTS)
+def test_cpu_reductions_do_not_depend_on_the_thread_count(layout):
+    """The C++ statistics and backward sums split their work by the shape alone: one thread
+    or two give the same bits (float64, where any other order of the sums would show)."""
+    n, c, s = 8, 16, 3000  # several partial results
+    y, grad = (strided_view(layout, n, c, s).normal_() for _ in range(2))
+    vectors = [torch.rand(c, dtype=torch.float64) + 0.5 for _ in range(4)]
+    kernels, threads, results = backends.kernels("cpp"), torch.get_num_threads(), []
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        try:
+            found = [torch.empty(c, dtype=torch.float64) for _ in range(4)]
+            kernels.batch_norm_stats(y, *found[:2])
+            kernels.batch_norm_act_backward_reduce(grad, y, None, *vectors, *found[2:], True)
+        finally:
+            torch.set_num_threads(threads)
+        results.append(found)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_passes_of_each_mode(monkeypatch):
