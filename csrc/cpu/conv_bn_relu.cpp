@@ -153,13 +153,13 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
 
 }  // namespace
 
-void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>& scale,
+void channel_affine_act(const at::Tensor& input, const at::Tensor& scale,
                         const at::Tensor& shift, const std::optional<at::Tensor>& residual,
                         const at::Tensor& output, bool relu) {
   check_cpu_float_3d(input, "input");
   check_output(output, input, "output");
   check_disjoint(output, "output", input, "input", /*same_allowed=*/true);
-  if (scale.has_value()) check_channel_vector(*scale, input, "scale");
+  check_channel_vector(scale, input, "scale");
   check_channel_vector(shift, input, "shift");
   if (residual.has_value()) {
     check_same_as(*residual, input, "residual");
@@ -171,8 +171,7 @@ void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "fastcnn_channel_affine_act", [&] {
         using T = at::opmath_type<scalar_t>;
-        const std::vector<T> ones(scale.has_value() ? 0 : e.c, T(1));
-        const T* a = scale.has_value() ? scale->const_data_ptr<T>() : ones.data();
+        const T* a = scale.const_data_ptr<T>();
         const T* b = shift.const_data_ptr<T>();
         const ChannelView<const scalar_t> y(input), r(residual);
         const ChannelView<scalar_t> out(output);

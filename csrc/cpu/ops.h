@@ -43,7 +43,7 @@ void global_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor&
 
 // The passes of Conv -> BatchNorm -> ReLU (+ residual) around the convolution (see
 // conv_bn_relu.cpp). Per-channel vectors are (C,) in float32, or float64 for float64 input.
-void channel_affine_act(const at::Tensor& input, const std::optional<at::Tensor>& scale,
+void channel_affine_act(const at::Tensor& input, const at::Tensor& scale,
                         const at::Tensor& shift, const std::optional<at::Tensor>& residual,
                         const at::Tensor& output, bool relu);
 

@@ -35,11 +35,11 @@ def _fake_channel_affine_act(input, scale, shift, residual, relu, backend):
 
 
 @custom_op("fastcnn::channel_affine_act", fake=_fake_channel_affine_act)
-def channel_affine_act(input: torch.Tensor, scale: Optional[torch.Tensor], shift: torch.Tensor,
+def channel_affine_act(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                        residual: Optional[torch.Tensor], relu: bool,
                        backend: str) -> torch.Tensor:
-    """act(input * scale_c + shift_c (+ residual)), act being ReLU or the identity; a
-    missing scale is 1. The output has input's layout."""
+    """act(input * scale_c + shift_c (+ residual)), act being ReLU or the identity. The
+    output has input's layout."""
     backends.report_fallback("conv_bn_relu", backend, input.device)
     output = empty_output(input)
     backends.kernels(backend).channel_affine_act(
@@ -53,7 +53,7 @@ def _fake_channel_affine_act_(input, scale, shift, residual, relu, backend):
 
 @custom_op("fastcnn::channel_affine_act_", fake=_fake_channel_affine_act_,
            mutates_args=("input",))
-def channel_affine_act_(input: torch.Tensor, scale: Optional[torch.Tensor], shift: torch.Tensor,
+def channel_affine_act_(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                         residual: Optional[torch.Tensor], relu: bool, backend: str) -> None:
     """channel_affine_act written over its input (a convolution's fresh output), so that the
     epilogue costs one read and one write of it and no new tensor."""

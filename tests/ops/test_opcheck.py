@@ -36,7 +36,7 @@ def _samples(device, channels_last):
         (ops.global_avg_pool2d_backward, (randn(n, c, 1, 1, dtype=torch.float64,
                                                 device=device), h, w, channels_last)),
         (ops.channel_affine_act, (y3, v[0], v[1], r3, True)),
-        (ops.channel_affine_act_, (y3.clone(), None, v[1], None, False)),
+        (ops.channel_affine_act_, (y3.clone(), v[0], v[1], None, False)),
         (ops.batch_norm_stats, (y3,)),
         (ops.batch_norm_act_backward_reduce, (g3, y3, r3, v[0], v[1], v[2], v[3], True)),
         (ops.batch_norm_act_backward, (g3, y3, r3, *v, True, True)),

@@ -39,12 +39,9 @@ _MAX_SHARES = 256
 
 @triton.jit
 def _pre_activation(y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask,
-                    ACC_DTYPE: tl.constexpr, HAS_SCALE: tl.constexpr,
-                    HAS_RESIDUAL: tl.constexpr):
+                    ACC_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """y * scale + shift (+ r) in ACC_DTYPE, for a (BLOCK_C, BLOCK_S) tile of y."""
-    v = y.to(ACC_DTYPE)
-    if HAS_SCALE:
-        v = v * tl.load(scale_ptr + channels, mask=c_mask, other=1.0)[:, None]
+    v = y.to(ACC_DTYPE) * tl.load(scale_ptr + channels, mask=c_mask, other=1.0)[:, None]
     v = v + tl.load(shift_ptr + channels, mask=c_mask, other=0.0)[:, None]
     if HAS_RESIDUAL:
         v = v + tl.load(r_ptrs, mask=mask, other=0.0).to(ACC_DTYPE)
@@ -58,7 +55,7 @@ def _masked_grad(g, y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask,
     passes, as torch's threshold_backward); g itself without ReLU."""
     if RELU:
         v = _pre_activation(y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask, ACC_DTYPE,
-                            True, HAS_RESIDUAL)
+                            HAS_RESIDUAL)
         g = tl.where(v <= 0, 0.0, g)
     return g
 
@@ -66,7 +63,7 @@ def _masked_grad(g, y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask,
 @triton.jit
 def _channel_affine_act_kernel(
     y_ptr,
-    scale_ptr,  # (C,), read when HAS_SCALE
+    scale_ptr,  # (C,)
     shift_ptr,  # (C,)
     r_ptr,  # residual, read when HAS_RESIDUAL
     out_ptr,  # may be y_ptr: every element is read before it is written, by one program
@@ -84,7 +81,6 @@ def _channel_affine_act_kernel(
     out_stride_c,
     out_stride_s,
     # compile-time options
-    HAS_SCALE: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -100,7 +96,7 @@ def _channel_affine_act_kernel(
     r_ptrs = tile_pointers(r_ptr, image, channels, positions, r_stride_n, r_stride_c,
                            r_stride_s)
     v = _pre_activation(y, r_ptrs, mask, scale_ptr, shift_ptr, channels, c_mask, ACC_DTYPE,
-                        HAS_SCALE, HAS_RESIDUAL)
+                        HAS_RESIDUAL)
     if RELU:
         v = tl.where(v <= 0, 0.0, v)
     out_ptrs = tile_pointers(out_ptr, image, channels, positions, out_stride_n, out_stride_c,
@@ -336,10 +332,10 @@ def channel_affine_act(input, scale, shift, residual, output, relu):
     block_c, block_s = _blocks(input)
     with on_device_of(input):
         _channel_affine_act_kernel[tile_grid(input, block_c, block_s)](
-            input, scale if scale is not None else shift, shift,
+            input, scale, shift,
             residual if residual is not None else input, output, input.shape[1],
             input.shape[2], *input.stride(), *_strides_or_zeros(residual), *output.stride(),
-            HAS_SCALE=scale is not None, HAS_RESIDUAL=residual is not None, RELU=relu,
+            HAS_RESIDUAL=residual is not None, RELU=relu,
             ACC_DTYPE=acc_dtype(input), BLOCK_C=block_c, BLOCK_S=block_s)
 
 
