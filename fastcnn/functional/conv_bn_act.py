@@ -1,17 +1,18 @@
 """conv_bn_relu: Conv2d -> BatchNorm2d (+ residual) -> ReLU with the numbers of the three
 PyTorch modules, in fewer passes over memory.
 
-One path per mode, the same for every device, dtype and layout:
+One path per mode, the same for every device, dtype and layout. ATen's convolution runs
+first, with the module's own weight, in x's layout (and, as in eager, in the autocast
+dtype under autocast); then:
 
 - BatchNorm in eval mode: BatchNorm is the per-channel affine map y * s + t with
   s = gamma / sqrt(running_var + eps) and t = beta + (b - running_mean) * s (b: the conv
-  bias). ATen's convolution runs with the module's own weight, in x's layout, and one pass
-  over its output applies s, t, the residual and the ReLU, in place when no gradient is
-  wanted. s and t are computed from the parameters and buffers on every call (a few
-  operations on vectors of C values), so that no edit of them, in place or through
+  bias), and one pass over y applies s, t, the residual and the ReLU, in place when no
+  gradient is wanted. s and t are computed from the parameters and buffers on every call
+  (a few operations on vectors of C values), so that no edit of them, in place or through
   `.data`, can leave a stale copy behind; folding s into the weight instead would cost a
   pass over the weight per call or such a cache, to save one multiply per output element.
-- BatchNorm in training mode (or without running statistics): see conv_bn_training.py.
+- BatchNorm in training mode (or without running statistics): conv_bn_training.py.
 """
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from fastcnn import backends, ops
 from fastcnn.functional._checks import check_feature_map
-from fastcnn.functional.conv_bn_training import conv_bn_training, scale_and_shift
+from fastcnn.functional.conv_bn_training import BatchNormActTrainingFunction, scale_and_shift
 from fastcnn.kernels import reference
 from fastcnn.ops.conv_bn_relu import stat_dtype
 
@@ -43,20 +44,21 @@ class ChannelAffineActFunction(torch.autograd.Function):
     def backward(ctx, grad_z):
         y, scale, shift, residual = ctx.saved_tensors
         need, relu = ctx.needs_input_grad, ctx.relu
+        # without the ReLU, the residual is added last (and was not kept)
+        grad_residual = grad_z if need[3] and not relu else None
         if torch.is_grad_enabled():  # create_graph=True: a backward autograd sees through
             inputs = [t if need[i] else None for i, t in enumerate((y, scale, shift, residual))]
             wanted = [t for t in inputs if t is not None]
             with torch.enable_grad():
                 z = reference.channel_affine_act_training(y, scale, shift, residual, relu)
                 found = iter(torch.autograd.grad(z, wanted, grad_z, create_graph=True))
-            return (*(None if t is None else next(found) for t in inputs), None, None)
+            grads = [None if t is None else next(found) for t in inputs]
+            return (*grads[:3], grads[3] if relu else grad_residual, None, None)
         zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
-        grad_y = grad_scale = grad_shift = grad_residual = None
+        grad_y = grad_scale = grad_shift = None
         if need[1] or need[2]:
             grad_shift, grad_scale = ops.batch_norm_act_backward_reduce(
                 grad_z, y, residual, scale, shift, zeros, ones, relu, ctx.backend)
-        if need[3] and not relu:
-            grad_residual = grad_z
         if need[0] or (need[3] and relu):
             grad_y, *dz = ops.batch_norm_act_backward(
                 grad_z, y, residual, scale, shift, zeros, ones, zeros, zeros, relu,
@@ -76,27 +78,18 @@ def _running_affine(conv, bn, dtype):
     return scale_and_shift(mean, invstd, bn.weight, bn.bias)
 
 
-def _inference(x, conv, bn, relu, residual, conv_args, backend):
-    stride, padding, dilation, groups = conv_args
-    scale, shift = _running_affine(conv, bn, stat_dtype(x.dtype))
-    y = F.conv2d(x, conv.weight, None, stride, padding, dilation, groups)
-    if _wants_grad(x, conv.weight, conv.bias, bn.weight, bn.bias, residual):
+def _inference(y, conv, bn, relu, residual, backend):
+    scale, shift = _running_affine(conv, bn, stat_dtype(y.dtype))
+    if _wants_grad(y, scale, shift, residual):
         return ChannelAffineActFunction.apply(y, scale, shift, residual, relu, backend)
     ops.channel_affine_act_(y, scale, shift, residual, relu, backend)
     return y
 
 
-def _conv_args(conv):
-    padding = (0, 0) if conv.padding == "valid" else conv.padding
-    return tuple(conv.stride), tuple(padding), tuple(conv.dilation), conv.groups
-
-
-def _output_shape(x, conv):
-    """(N, C_out, H_out, W_out) of conv(x)."""
-    stride, padding, dilation, _ = _conv_args(conv)
-    spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
-               zip(x.shape[2:], conv.weight.shape[2:], stride, padding, dilation)]
-    return (x.shape[0], conv.out_channels, *spatial)
+def _convolution(x, conv):
+    """conv(x) without its bias (which BatchNorm's shift takes in)."""
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
 
 
 def _check_arguments(x, conv, bn, relu, residual):
@@ -120,19 +113,22 @@ def _check_arguments(x, conv, bn, relu, residual):
     if x.shape[1] != conv.in_channels:
         raise ValueError(f"x must have conv.in_channels = {conv.in_channels} channels, got "
                          f"{x.shape[1]} (shape {tuple(x.shape)})")
-    if x.dtype != conv.weight.dtype or x.device != conv.weight.device:
+    autocast = torch.is_autocast_enabled(x.device.type)  # then dtypes may differ, as in eager
+    if x.device != conv.weight.device or (x.dtype != conv.weight.dtype and not autocast):
         raise TypeError(f"x must have the dtype and device of conv.weight "
                         f"({conv.weight.dtype}, {conv.weight.device}), got {x.dtype} on "
                         f"{x.device}")
     if residual is not None:
         check_feature_map("residual", residual, min_dim=4)
-        expected = _output_shape(x, conv)
-        if tuple(residual.shape) != expected:
-            raise ValueError(f"residual must have the shape of the convolution's output "
-                             f"{expected}, got {tuple(residual.shape)}")
-        if residual.dtype != x.dtype or residual.device != x.device:
+        if residual.device != x.device or (residual.dtype != x.dtype and not autocast):
             raise TypeError(f"residual must have the dtype and device of x ({x.dtype}, "
                             f"{x.device}), got {residual.dtype} on {residual.device}")
+
+
+def _check_residual(residual, y):
+    if residual is not None and residual.shape != y.shape:
+        raise ValueError(f"residual must have the shape of the convolution's output "
+                         f"{tuple(y.shape)}, got {tuple(residual.shape)}")
 
 
 def _update_running_stats(bn, mean, var, count):
@@ -164,17 +160,27 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
     """
     _check_arguments(x, conv, bn, relu, residual)
     backend = backends.select("conv_bn_relu", x)
-    conv_args = _conv_args(conv)
+    y = _convolution(x, conv)
+    _check_residual(residual, y)
+    if residual is not None and residual.dtype != y.dtype:
+        # autocast: the convolution's output is in the autocast dtype, and eager adds the
+        # residual in the wider of the two
+        dtype = torch.promote_types(y.dtype, residual.dtype)
+        y, residual = y.to(dtype), residual.to(dtype)
     if not bn.training and bn.running_mean is not None and bn.running_var is not None:
-        return _inference(x, conv, bn, relu, residual, conv_args, backend)
-    n, _, h, w = _output_shape(x, conv)
+        return _inference(y, conv, bn, relu, residual, backend)
+    n, _, h, w = y.shape
     count = n * h * w
-    if count <= 1 and bn.training:
+    if count == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got "
-                         f"convolution output of shape {_output_shape(x, conv)}")
-    z, mean, var = conv_bn_training(x, conv, bn, relu, residual, conv_args, backend)
+                         f"convolution output of shape {tuple(y.shape)}")
+    z, mean, var = BatchNormActTrainingFunction.apply(
+        y, conv.bias, bn.weight, bn.bias, residual, bn.eps, relu, backend)
     if bn.training and bn.track_running_stats:
-        if conv.bias is not None:
-            mean = mean + conv.bias.detach().to(mean.dtype)
-        _update_running_stats(bn, mean, var, count)
+        if count > 0:  # an empty batch leaves them, as eager does
+            if conv.bias is not None:
+                mean = mean + conv.bias.detach().to(mean.dtype)
+            _update_running_stats(bn, mean, var, count)
+        else:
+            bn.num_batches_tracked.add_(1)
     return z

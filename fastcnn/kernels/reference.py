@@ -121,10 +121,7 @@ def _per_channel(v):
 
 def _pre_activation(input, scale, shift, residual):
     """y * scale + shift (+ r) in the compute dtype."""
-    v = input.to(_compute_dtype(input.dtype))
-    if scale is not None:
-        v = v * _per_channel(scale)
-    v = v + _per_channel(shift)
+    v = input.to(_compute_dtype(input.dtype)) * _per_channel(scale) + _per_channel(shift)
     if residual is not None:
         v = v + residual.to(v.dtype)
     return v
@@ -169,11 +166,9 @@ def batch_norm_act_backward(grad_output, input, residual, scale, shift, mean, in
         grad_residual.copy_(dz)
 
 
-def conv_bn_relu_training(x, weight, bn_weight, bn_bias, residual, conv_args, eps, relu):
-    """Conv2d -> BatchNorm2d on batch statistics (+ residual) (-> ReLU) from differentiable
+def batch_norm_act_training(y, bn_weight, bn_bias, residual, eps, relu):
+    """Training-mode BatchNorm of y (N, C, H, W) (+ residual) (-> ReLU) from differentiable
     PyTorch ops: the backward of second derivatives (create_graph=True)."""
-    stride, padding, dilation, groups = conv_args
-    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     z = F.batch_norm(y, None, None, bn_weight, bn_bias, training=True, eps=eps)
     if residual is not None:
         z = z + residual
@@ -183,8 +178,6 @@ def conv_bn_relu_training(x, weight, bn_weight, bn_bias, residual, conv_args, ep
 def channel_affine_act_training(y, scale, shift, residual, relu):
     """act(y * scale_c + shift_c (+ residual)) of (N, C, H, W) tensors from differentiable
     PyTorch ops, in y's dtype: the backward of second derivatives."""
-    shape = (1, -1) + (1,) * (y.dim() - 2)
-    v = y.to(scale.dtype) * scale.view(shape) + shift.view(shape)
-    if residual is not None:
-        v = v + residual.to(v.dtype)
+    r = None if residual is None else residual.flatten(2)
+    v = _pre_activation(y.flatten(2), scale, shift, r).view(y.shape)
     return (torch.relu(v) if relu else v).to(y.dtype)

@@ -6,15 +6,12 @@ import itertools
 
 import pytest
 import torch
-from helpers import (VIEW_LAYOUTS, assert_close_to_reference, randn, strided_view,
-                     tolerance)
+from helpers import assert_close_to_reference, randn, tolerance
 from torch import nn
 
 import fastcnn
-from fastcnn import backends
 from fastcnn.functional import conv_bn_relu
 from fastcnn.kernels import reference
-from fastcnn.ops.layout import channel_view
 
 
 def make_modules(cin, cout, kernel_size, dtype=torch.float64, device="cpu", bias=False,
@@ -162,6 +159,7 @@ def test_channels_last_matches_eager_and_keeps_its_layout(backend_device, train)
     bn.train(train)
     with torch.no_grad():
         assert conv_bn_relu(x, conv, bn).is_contiguous(memory_format=torch.channels_last)
+        assert conv_bn_relu(x.contiguous(), conv, bn).is_contiguous()
 
 
 def _load(block, conv, bn):
@@ -232,27 +230,6 @@ def test_repeated_calls_take_the_same_path_bit_for_bit(backend_device, kernel_si
     for run in runs[1:]:
         for a, b in zip(run, runs[0]):
             assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("layout", VIEW_LAYOUTS)
-def test_cpu_reductions_do_not_depend_on_the_thread_count(layout):
-    """The C++ statistics and backward sums split their work by the shape alone: one thread
-    or two give the same bits (float64, where any other order of the sums would show)."""
-    n, c, s = 8, 16, 3000  # several partial results
-    y, grad = (strided_view(layout, n, c, s).normal_() for _ in range(2))
-    vectors = [torch.rand(c, dtype=torch.float64) + 0.5 for _ in range(4)]
-    kernels, threads, results = backends.kernels("cpp"), torch.get_num_threads(), []
-    for count in (1, 2):
-        torch.set_num_threads(count)
-        try:
-            found = [torch.empty(c, dtype=torch.float64) for _ in range(4)]
-            kernels.batch_norm_stats(y, *found[:2])
-            kernels.batch_norm_act_backward_reduce(grad, y, None, *vectors, *found[2:], True)
-        finally:
-            torch.set_num_threads(threads)
-        results.append(found)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
 
 
 def test_passes_of_each_mode(monkeypatch):
@@ -334,149 +311,6 @@ def test_low_precision_against_float64(backend_device, dtype, channels_last, tra
                                    rtol=0, atol=4 * tolerance(dtype)["rtol"])
 
 
-def test_batch_statistics_are_numerically_stable(backend_device):
-    """Values far from zero (mean 1e4, standard deviation 1) in float32: the variance is
-    that of the float32 values, computed exactly, to float32 precision."""
-    backend, device = backend_device
-    y = (1e4 + randn(2, 3, 3000, dtype=torch.float64)).float().to(device)
-    mean = torch.empty(3, device=device)
-    var = torch.empty(3, device=device)
-    backends.kernels(backend).batch_norm_stats(y, mean, var)
-    var_ref, mean_ref = torch.var_mean(y.double(), dim=(0, 2), correction=0)
-    torch.testing.assert_close(mean.double().cpu(), mean_ref.cpu(), rtol=1e-7, atol=0)
-    torch.testing.assert_close(var.double().cpu(), var_ref.cpu(), rtol=1e-5, atol=0)
-
-
-@pytest.mark.parametrize("layout", VIEW_LAYOUTS)
-def test_kernels_read_and_write_any_strides(backend_device, layout):
-    """The kernel entry points on (N, C, S) views laid out every way, against the
-    reference kernels on the same views."""
-    backend, device = backend_device
-    n, c, s = 2, 20, 24
-
-    def view(kind):
-        return strided_view(kind, n, c, s, device=device)
-
-    def vector(fill=None):
-        v = torch.rand(c, dtype=torch.float64, device=device) + 0.5
-        return v if fill is None else v.fill_(fill)
-
-    y, grad, residual = view(layout).normal_(), view("neither").normal_(), view(layout).normal_()
-    scale, shift, invstd = vector(), vector() - 1, vector()
-    results = {}
-    for name in (backend, "reference"):
-        kernels = backends.kernels(name)
-        out, dy, dr = (view("neither").fill_(float("nan")) for _ in range(3))
-        mean, var, sum_dz, sum_dz_xhat = (vector(float("nan")) for _ in range(4))
-        kernels.channel_affine_act(y, scale, shift, residual, out, True)
-        kernels.batch_norm_stats(y, mean, var)
-        kernels.batch_norm_act_backward_reduce(grad, y, residual, scale, shift, mean, invstd,
-                                               sum_dz, sum_dz_xhat, True)
-        kernels.batch_norm_act_backward(grad, y, residual, scale, shift, mean, invstd, sum_dz,
-                                        sum_dz_xhat, dy, dr, True)
-        in_place = y.clone()
-        kernels.channel_affine_act(in_place, None, shift, None, in_place, False)
-        results[name] = (out, mean, var, sum_dz, sum_dz_xhat, dy, dr, in_place)
-    for ours, expected in zip(results[backend], results["reference"]):
-        assert_close_to_reference(ours, expected, torch.float64, backend, device)
-
-
-# (N, C, S) views of the C++ kernels' work splits: channels_last ones, whose channels the
-# reductions take 16 at a time (whole chunks, then a narrower last one) over blocks of
-# positions of one image (one, or several per image), and NCHW ones of short rows, which
-# are taken several images at a time (a last, smaller group of images included).
-TILINGS = {
-    "channels-last-16": (True, (3, 16, 50)),
-    "channels-last-37": (True, (3, 37, 50)),
-    "channels-last-64": (True, (3, 64, 50)),
-    "channels-last-blocks": (True, (2, 64, 1000)),
-    "nchw-image-groups": (False, (100, 8, 49)),
-}
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("tiling", TILINGS.values(), ids=TILINGS.keys())
-@pytest.mark.parametrize("with_residual", [False, True], ids=["", "residual"])
-def test_passes_against_float64(backend_device, dtype, tiling, with_residual):
-    """Every pass (batch statistics, affine + ReLU, backward sums, backward) on the views of
-    TILINGS against the reference kernels on the same values in float64. The backward sums
-    are compared divided by their count, as the means they stand for. A NaN in the
-    residual makes its value before the ReLU NaN, whose gradient passes as torch.relu's."""
-    backend, device = backend_device
-    channels_last, (n, c, s) = tiling
-
-    def feature_map():
-        if channels_last:
-            return randn(n, s, c, dtype=dtype, device=device).transpose(1, 2)
-        return randn(n, c, s, dtype=dtype, device=device)
-
-    tensors = [feature_map(), feature_map(), feature_map() if with_residual else None]
-    if with_residual:
-        tensors[2][1, c - 1, s // 2] = float("nan")
-    # scale, shift, mean, invstd, and the backward's sum_dz, sum_dz_xhat
-    vectors = [torch.rand(c, dtype=torch.float64) + 0.5, torch.randn(c, dtype=torch.float64),
-               torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5,
-               torch.randn(c, dtype=torch.float64) * n * s,
-               torch.randn(c, dtype=torch.float64) * n * s]
-    results = {}
-    for side, name, to in (("ours", backend, dtype), ("expected", "reference", torch.float64)):
-        y, grad, residual = (None if t is None else t.to(to) for t in tensors)
-        opmath = torch.float64 if to == torch.float64 else torch.float32
-        scale, shift, mean, invstd, sum_dz, sum_dz_xhat = (
-            v.to(device=device, dtype=opmath) for v in vectors)
-        kernels = backends.kernels(name)
-        batch_mean, batch_var, found_dz, found_dz_xhat = (
-            torch.empty(c, dtype=opmath, device=device) for _ in range(4))
-        out, dy, dr = (torch.empty_like(y) for _ in range(3))
-        kernels.batch_norm_stats(y, batch_mean, batch_var)
-        kernels.channel_affine_act(y, scale, shift, residual, out, True)
-        kernels.batch_norm_act_backward_reduce(grad, y, residual, scale, shift, mean, invstd,
-                                               found_dz, found_dz_xhat, True)
-        kernels.batch_norm_act_backward(grad, y, residual, scale, shift, mean, invstd, sum_dz,
-                                        sum_dz_xhat, dy, dr if with_residual else None, True)
-        results[side] = ((batch_mean, batch_var, found_dz / (n * s), found_dz_xhat / (n * s)),
-                         (out, dy) + ((dr,) if with_residual else ()))
-    accumulation = torch.float64 if dtype == torch.float64 else torch.float32
-    for ours, expected in zip(results["ours"][0], results["expected"][0]):
-        assert_close_to_reference(ours, expected, accumulation, backend, device)
-    for ours, expected in zip(results["ours"][1], results["expected"][1]):
-        assert ours.dtype == dtype
-        assert_close_to_reference(ours, expected, dtype, backend, device)
-
-
-# Strides that fit in 32 bits (so Triton types them int32) times indices that do not.
-@pytest.mark.parametrize("shape, strides", [((3, 2, 3), (2**30 + 3, 4, 1)),
-                                            ((1, 3, 3), (3 * (2**30 + 3), 2**30 + 3, 1))],
-                         ids=["batch-stride", "channel-stride"])
-def test_64_bit_offsets(backend_device, shape, strides):
-    """Element offsets beyond 2**31 in every kernel. The storage is reserved, not touched:
-    only the few elements of the views are written."""
-    backend, device = backend_device
-    if device != "cpu":
-        pytest.skip("the storage trick relies on lazily committed host memory")
-
-    def huge(fill):
-        t = torch.empty_strided(shape, strides, dtype=torch.float16)
-        return t.normal_() if fill else t
-
-    y, grad, residual, out, dy, dr = (huge(i < 3) for i in range(6))
-    c = shape[1]
-    scale, shift, invstd = torch.rand(c) + 0.5, torch.randn(c), torch.rand(c) + 0.5
-    results = {}
-    for name in (backend, "reference"):
-        kernels = backends.kernels(name)
-        mean, var, sum_dz, sum_dz_xhat = (torch.empty(c) for _ in range(4))
-        kernels.channel_affine_act(y, scale, shift, residual, out, True)
-        kernels.batch_norm_stats(y, mean, var)
-        kernels.batch_norm_act_backward_reduce(grad, y, residual, scale, shift, mean, invstd,
-                                               sum_dz, sum_dz_xhat, True)
-        kernels.batch_norm_act_backward(grad, y, residual, scale, shift, mean, invstd, sum_dz,
-                                        sum_dz_xhat, dy, dr, True)
-        results[name] = [t.clone() for t in (out, mean, var, sum_dz, sum_dz_xhat, dy, dr)]
-    for ours, expected in zip(results[backend], results["reference"]):
-        assert_close_to_reference(ours, expected, torch.float16)
-
-
 def test_gradcheck(backend_device):
     backend, device = backend_device
     block = fastcnn.nn.ConvBNReLU(3, 4, 3, padding=1).double().to(device)
@@ -493,29 +327,56 @@ def test_gradcheck(backend_device):
         assert torch.autograd.gradcheck(f, (x, residual, *params))
 
 
-def _gradient_penalty(fn, x, conv, bn, dtype):
-    """fn's first derivative w.r.t. x (create_graph=True), and the gradients of its squared
-    sum w.r.t. x, conv.weight and bn.weight, on copies of the modules in `dtype`."""
-    c, b = copy.deepcopy(conv).to(dtype), copy.deepcopy(bn).to(dtype)
-    leaf = x.detach().to(dtype).clone().requires_grad_()
-    z = fn(leaf, c, b)
-    (first,) = torch.autograd.grad(z, leaf, _fixed_grad(z), create_graph=True)
-    first.pow(2).sum().backward()
-    return first.detach(), leaf.grad, c.weight.grad, b.weight.grad
+def _gradient_penalty(fn, x, conv, bn, relu, residual):
+    """fn's first derivative w.r.t. x and the residual (create_graph=True), and the
+    gradients of its squared sum w.r.t. x, the residual, conv.weight and bn.weight, on
+    copies of the modules."""
+    c, b = copy.deepcopy(conv), copy.deepcopy(bn)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, residual) if t is not None]
+    z = fn(leaves[0], c, b, relu, leaves[1] if len(leaves) > 1 else None)
+    first = torch.autograd.grad(z, leaves, _fixed_grad(z), create_graph=True)
+    sum(g.pow(2).sum() for g in first).backward()
+    second = [torch.zeros_like(t) if t.grad is None else t.grad for t in leaves]  # None: 0
+    return (*(g.detach() for g in first), *second, c.weight.grad, b.weight.grad)
 
 
+@pytest.mark.parametrize("relu, with_residual", [(True, False), (True, True), (False, True)])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_second_derivatives_match_eager(backend_device, train):
+def test_second_derivatives_match_eager(backend_device, train, relu, with_residual):
     """create_graph=True (a gradient penalty): second derivatives as PyTorch's."""
     backend, device = backend_device
     conv, bn = make_modules(3, 4, 3, padding=1, device=device)
     bn.train(train)
     x = randn(2, 3, 4, 4, dtype=torch.float64, device=device)
-    penalties = [_gradient_penalty(fn, x, conv, bn, torch.float64) for fn in (conv_bn_relu, eager)]
+    residual = randn(2, 4, 4, 4, dtype=torch.float64, device=device) if with_residual else None
+    penalties = [_gradient_penalty(fn, x, conv, bn, relu, residual)
+                 for fn in (conv_bn_relu, eager)]
     for ours, expected in zip(*penalties):
         assert_close_to_reference(ours, expected, torch.float64, backend, device)
 
 
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_autocast_matches_eager(train, with_residual):
+    """Under autocast the convolution runs in bfloat16 as eager's does (float32 modules and
+    input), and a float32 residual is added in float32: eager's dtypes, its numbers to
+    bfloat16's tolerance, and float32 gradients."""
+    conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
+    x = randn(2, 4, 5, 6)
+    residual = randn(2, 6, 5, 6) if with_residual else None
+    results = []
+    for fn in (conv_bn_relu, eager):
+        c, b = copy.deepcopy(conv), copy.deepcopy(bn).train(train)
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = fn(leaf, c, b, True, residual)
+        z.float().backward(_fixed_grad(z).float())
+        results.append((z, leaf.grad, c.weight.grad, b.running_mean))
+    for ours, expected in zip(*results):
+        assert ours.dtype == expected.dtype
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(ours.double() / scale, expected.double() / scale, rtol=0,
+                                   atol=2 * tolerance(torch.bfloat16)["rtol"])
 
 
 def test_saved_bytes_are_not_more_than_eager():
@@ -624,14 +485,18 @@ def test_module_keys_and_numbers():
     torch.testing.assert_close(block(x), block.bn(block.conv(x)))
 
 
-def test_empty_batch_in_eval_mode(backend_device):
-    _, device = backend_device
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_empty_batch(backend_device, train):
+    """N = 0: an empty output, zero gradients, running statistics left alone, as eager."""
+    backend, device = backend_device
     conv, bn = make_modules(3, 4, 3, device=device)
-    bn.eval()
-    x = randn(0, 3, 5, 5, dtype=torch.float64, device=device).requires_grad_()
-    z = conv_bn_relu(x, conv, bn)
-    z.sum().backward()
-    assert z.shape == (0, 4, 3, 3) and x.grad.shape == x.shape
+    bn.train(train)
+    x = randn(0, 3, 5, 5, dtype=torch.float64, device=device)
+    (ours, stats), (theirs, their_stats) = run_both(x, conv, bn, train=train)
+    assert ours[0][0].shape == (0, 4, 3, 3) and ours[0][1].shape == x.shape
+    for a, b in (*zip(ours[0], theirs[0]), *zip(stats, their_stats)):
+        assert torch.equal(a.cpu(), b.cpu())
+    assert bn.num_batches_tracked.item() == int(train)
 
 
 def test_backward_uses_the_forward_backend(monkeypatch):
@@ -682,31 +547,15 @@ def _modules():
          ["relu", "bool"]),
         (lambda: conv_bn_relu(torch.randn(1, 4, 3, 3), *_modules()), ValueError,
          ["more than 1 value per channel"]),
+        (lambda: conv_bn_relu(torch.randn(1, 4, 3, 3), _modules()[0],
+                              nn.BatchNorm2d(6, track_running_stats=False).eval()), ValueError,
+         ["more than 1 value per channel"]),
     ],
     ids=["channels", "3d", "5d", "dtype", "integer-dtype", "not-a-tensor", "bn-features",
          "not-a-conv", "not-a-batchnorm", "padding-mode", "residual-shape", "relu-type",
-         "one-value-per-channel"])
+         "one-value-per-channel", "one-value-without-running-stats"])
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error) as info:
         call()
     for word in words:
         assert word in str(info.value)
-
-
-def test_cpp_entry_points_refuse_outputs_that_share_memory_with_inputs():
-    base = randn(201)
-    y, shifted = base[:200].view(2, 4, 25), base[1:].view(2, 4, 25)
-    grad = channel_view(randn(2, 4, 5, 5))
-    v = torch.rand(4)
-    kernels = backends.kernels("cpp")
-    with pytest.raises(RuntimeError, match="output must not share memory with input"):
-        kernels.channel_affine_act(y, v, v, None, shifted, True)
-    with pytest.raises(RuntimeError, match="grad_input must not share memory with grad_output"):
-        kernels.batch_norm_act_backward(grad, y, None, v, v, v, v, v, v, grad, None, True)
-    with pytest.raises(RuntimeError, match=r"output must have the shape of input \[2, 4, 25\]"):
-        kernels.channel_affine_act(y, v, v, None, torch.empty(2, 3, 25), True)
-    with pytest.raises(RuntimeError, match="output must have the dtype of input"):
-        kernels.channel_affine_act(y, v, v, None, torch.empty(2, 4, 25, dtype=torch.float64),
-                                   True)
-    with pytest.raises(RuntimeError, match="scale must be Float for Float input"):
-        kernels.channel_affine_act(y, v.double(), v, None, y, True)
