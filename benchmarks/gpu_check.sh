@@ -7,10 +7,11 @@
 # Phases, each under `timeout` (limits in seconds, cut further to fit what is left):
 #   probe    nvidia-smi, python, torch, triton; without a usable CUDA GPU (or without
 #            torch) it prints one line saying so and exits 0, having done nothing else
-#   install  pip install --no-build-isolation --no-deps -e . (180; if the C++ extension
-#            fails to build: FASTCNN_BUILD_CPP=0, 90, and the cpp tests are left out)
-#   tests    python -m pytest tests (at most 210, and 150 kept for the benchmarks;
-#            parallel when pytest-xdist is there; stops after GPU_CHECK_MAXFAIL failures)
+#   install  pip install --no-build-isolation --no-deps -e . (180; without ninja, or if
+#            the C++ extension fails to build: FASTCNN_BUILD_CPP=0, 90, no CPU tests)
+#   tests    python -m pytest tests -k cuda (at most 210, and 150 kept for the
+#            benchmarks; stops after GPU_CHECK_MAXFAIL failures), then the other tests in
+#            what is left but those 150
 #   bench    fastcnn bench --device cuda --full --repeats GPU_CHECK_REPEATS (20), one op
 #            at a time, what is left but 30 for each op after it (at least an even share,
 #            at least 30 or the op is skipped); an op that runs out of time is timed
@@ -118,21 +119,40 @@ for variable in TRITON_INTERPRET FASTCNN_BACKEND; do
     unset "$variable"
   fi
 done
-export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+# PIP_BREAK_SYSTEM_PACKAGES: a system Python (PEP 668) would refuse the editable install
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+  PIP_BREAK_SYSTEM_PACKAGES=1
 cores=$(nproc 2>/dev/null || echo 4)
+# What the build and Triton's launchers need: ninja for a parallel C++ build (without it
+# the extension would build serially for minutes), a C compiler and Python's headers
+# (Triton compiles a small launcher for each kernel with them).
+if "$PYTHON" -c "from torch.utils.cpp_extension import is_ninja_available as a; assert a()" \
+     >/dev/null 2>&1; then have_ninja=1; else have_ninja=0; fi
+compiler=$(command -v cc || command -v gcc || echo "")
+if "$PYTHON" -c "import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))" \
+     >/dev/null 2>&1; then headers=found; else headers=MISSING; fi
+say "build tools: ninja $([ "$have_ninja" -eq 1 ] && echo found || echo missing), C compiler ${compiler:-MISSING}, Python.h $headers"
+[ -z "$compiler" ] || [ "$headers" = MISSING ] && say "without a C compiler and Python.h, Triton cannot build its kernel launchers: expect the Triton tests to fail"
 
 # ---------------------------------------------------------------- install
 phase_start=$SECONDS
 install_log="$LOG_DIR/install.log"
 install_state="C++ extension built"
 cpp_available=1
-say "install: pip install --no-build-isolation --no-deps -e . (limit ${INSTALL_LIMIT} s)"
-MAX_JOBS=${MAX_JOBS:-$cores} timeout -k 10 "$INSTALL_LIMIT" \
-  "$PYTHON" -m pip install --no-index --no-build-isolation --no-deps -e . >"$install_log" 2>&1
-install_rc=$?
+if [ "$have_ninja" -eq 1 ]; then
+  say "install: pip install --no-build-isolation --no-deps -e . (limit ${INSTALL_LIMIT} s)"
+  MAX_JOBS=${MAX_JOBS:-$cores} timeout -k 10 "$INSTALL_LIMIT" \
+    "$PYTHON" -m pip install --no-index --no-build-isolation --no-deps -e . >"$install_log" 2>&1
+  install_rc=$?
+else
+  echo "no ninja: the C++ extension is not built" >"$install_log"
+  install_rc=-1
+fi
 if [ "$install_rc" -ne 0 ]; then
-  say "install: FAILED ($(ended "$install_rc") after $((SECONDS - phase_start)) s), last lines of $install_log:"
-  show_tail "$install_log"
+  if [ "$install_rc" -gt 0 ]; then
+    say "install: FAILED ($(ended "$install_rc") after $((SECONDS - phase_start)) s), last lines of $install_log:"
+    show_tail "$install_log"
+  fi
   say "install: again without the C++ extension (FASTCNN_BUILD_CPP=0, limit ${FALLBACK_LIMIT} s)"
   echo "=== FASTCNN_BUILD_CPP=0 ===" >>"$install_log"
   FASTCNN_BUILD_CPP=0 timeout -k 10 "$FALLBACK_LIMIT" \
@@ -140,7 +160,7 @@ if [ "$install_rc" -ne 0 ]; then
   fallback_rc=$?
   cpp_available=0
   if [ "$fallback_rc" -eq 0 ]; then
-    install_state="C++ extension FAILED to build; installed with FASTCNN_BUILD_CPP=0, cpp tests left out"
+    install_state="no C++ extension ($([ "$install_rc" -gt 0 ] && echo "its build FAILED" || echo "no ninja")); installed with FASTCNN_BUILD_CPP=0, CPU tests left out"
   else
     install_state="install FAILED twice ($(ended "$install_rc"), then $(ended "$fallback_rc")); running from the source tree"
   fi
@@ -152,29 +172,11 @@ cat "$WORK_DIR/info.txt" >>"$install_log"
 install_s=$((SECONDS - phase_start))
 
 # ---------------------------------------------------------------- tests
+# The CUDA tests first (their ids name the device: triton-cuda, reference-cuda), then, in
+# what time is left and only with the C++ extension, the CPU tests CI runs anyway.
 phase_start=$SECONDS
-tests_log="$LOG_DIR/tests.log"
-tests_xml="$LOG_DIR/tests.xml"
-tests_limit=$(smaller "$TESTS_LIMIT" $(($(left) - BENCH_RESERVE)))
-[ "$tests_limit" -lt 60 ] && tests_limit=60
-test_args=(-m pytest tests -q --maxfail="$MAXFAIL" --junitxml="$tests_xml" -p no:cacheprovider)
-workers=1
-if "$PYTHON" -c "import xdist" >/dev/null 2>&1; then
-  workers=$(smaller 8 "$cores")
-  test_args+=(-n "$workers")
-fi
-if "$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1; then
-  test_args+=(--timeout=150)  # a hung test fails alone instead of taking the phase
-fi
-if [ "$cpp_available" -eq 0 ]; then
-  test_args+=(-k "not cpp-cpu")
-fi
-say "tests: $PYTHON ${test_args[*]} (limit ${tests_limit} s)"
-# SIGINT lets pytest stop like Ctrl-C: it still prints its summary and writes the XML.
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((cores / workers))} \
-  timeout -s INT -k 20 "$tests_limit" "$PYTHON" "${test_args[@]}" >"$tests_log" 2>&1
-tests_rc=$?
-counts=$("$PYTHON" - "$tests_xml" 2>/dev/null <<'PY'
+count_tests() {
+  "$PYTHON" - "$1" 2>/dev/null <<'PY'
 import sys
 import xml.etree.ElementTree as ET
 
@@ -186,19 +188,56 @@ passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
 print(f"{passed} passed, {total['failures']} failed, {total['errors']} errors, "
       f"{total['skipped']} skipped")
 PY
-) || counts=$(grep -E '(passed|failed|error)' "$tests_log" | tail -n 1)
-case $tests_rc in
-  0) tests_state="PASSED" ;;
-  1) tests_state="FAILED" ;;
-  124 | 137) tests_state="DID NOT FINISH (stopped at its ${tests_limit} s limit)" ;;
-  5) tests_state="FAILED (no tests collected)" ;;
-  *) tests_state="FAILED (pytest exit $tests_rc)" ;;
-esac
-tests_state="$tests_state: ${counts:-no counts}"
-say "tests: $tests_state"
-if [ "$tests_rc" -ne 0 ]; then
-  grep -E '^(FAILED|ERROR) ' "$tests_log" | head -n 20 | quote
-  show_tail "$tests_log" 8
+}
+# run_tests NAME LIMIT PYTEST-ARGS...: sets test_rc and test_state
+run_tests() {
+  local name=$1 limit=$2
+  shift 2
+  local log="$LOG_DIR/tests-$name.log" xml="$LOG_DIR/tests-$name.xml" counts
+  local args=(-m pytest tests -q --maxfail="$MAXFAIL" --junitxml="$xml" -p no:cacheprovider "$@")
+  if "$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1; then
+    args+=(--timeout=150)  # a hung test fails alone instead of taking the phase
+  fi
+  say "tests ($name): $PYTHON ${args[*]} (limit ${limit} s)"
+  # SIGINT lets pytest stop like Ctrl-C: it still prints its summary and writes the XML.
+  timeout -s INT -k 20 "$limit" "$PYTHON" "${args[@]}" >"$log" 2>&1
+  test_rc=$?
+  counts=$(count_tests "$xml") || counts=$(grep -E '(passed|failed|error)' "$log" | tail -n 1)
+  case $test_rc in
+    0) test_state="PASSED" ;;
+    1) test_state="FAILED" ;;
+    124 | 137) test_state="DID NOT FINISH (stopped at its ${limit} s limit)" ;;
+    5) test_state="FAILED (no tests collected)" ;;
+    *) test_state="FAILED (pytest exit $test_rc)" ;;
+  esac
+  test_state="$test_state: ${counts:-no counts}"
+  say "tests ($name): $test_state"
+  if [ "$test_rc" -ne 0 ]; then
+    grep -E '^(FAILED|ERROR) ' "$log" | head -n 20 | quote
+    show_tail "$log" 8
+  fi
+}
+if ! "$PYTHON" -c "import pytest" >/dev/null 2>&1; then
+  tests_rc=1
+  tests_state="NOT RUN: pytest is not installed here"
+  say "tests: $tests_state"
+else
+  tests_limit=$(smaller "$TESTS_LIMIT" $(($(left) - BENCH_RESERVE)))
+  [ "$tests_limit" -lt 60 ] && tests_limit=60
+  run_tests cuda "$tests_limit" -k cuda
+  tests_rc=$test_rc
+  tests_state="cuda: $test_state"
+  rest_limit=$(($(left) - BENCH_RESERVE))
+  if [ "$cpp_available" -eq 0 ]; then
+    tests_state+="; cpu: not run (no C++ extension)"
+  elif [ "$rest_limit" -lt 60 ]; then
+    tests_state+="; cpu: not run (${rest_limit} s left for them)"
+  else
+    run_tests cpu "$rest_limit" -k "not cuda"
+    # the CPU tests' time limit is no failure of the GPU check; their failures are
+    [ "$test_rc" -ne 0 ] && [ "$test_rc" -ne 124 ] && [ "$test_rc" -ne 137 ] && tests_rc=$test_rc
+    tests_state+="; cpu: $test_state"
+  fi
 fi
 tests_s=$((SECONDS - phase_start))
 
