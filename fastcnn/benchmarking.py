@@ -295,9 +295,9 @@ def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None
 
     Each implementation is built and called once (torch.compile compiles there); then
     they take their `warmup` calls and their samples in turn (fastcnn, eager, compile,
-    fastcnn, ...; the order reversed every other round), so that a machine whose speed drifts during the run (shared
-    hosts do) slows them alike, and the ratios between them hold better than the times
-    themselves."""
+    fastcnn, ...; the order reversed every other round), so that a machine whose speed
+    drifts during the run (shared hosts do) slows them alike, and the ratios between them
+    hold better than the times themselves."""
     results = []
     copies = {}
     for case in case_list:
