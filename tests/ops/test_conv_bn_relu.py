@@ -364,19 +364,27 @@ def test_autocast_matches_eager(train, with_residual):
     conv, bn = make_modules(4, 6, 3, dtype=torch.float32, padding=1)
     x = randn(2, 4, 5, 6)
     residual = randn(2, 6, 5, 6) if with_residual else None
+    # Near the ReLU's kink bfloat16's rounding picks the mask: no gradient flows from there.
+    with torch.no_grad():
+        ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double().train(train)
+        pre_activation = eager(x.double(), ref_conv, ref_bn, False,
+                               None if residual is None else residual.double())
     results = []
     for fn in (conv_bn_relu, eager):
         c, b = copy.deepcopy(conv), copy.deepcopy(bn).train(train)
         leaf = x.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             z = fn(leaf, c, b, True, residual)
-        z.float().backward(_fixed_grad(z).float())
+        grad = _fixed_grad(z).float() * (pre_activation.abs() > 0.1)
+        z.float().backward(grad)
         results.append((z, leaf.grad, c.weight.grad, b.running_mean))
-    for ours, expected in zip(*results):
+    rtol = tolerance(torch.bfloat16)["rtol"]
+    for i, (ours, expected) in enumerate(zip(*results)):
         assert ours.dtype == expected.dtype
         scale = expected.abs().max().item()
+        # the output to bfloat16's rounding; gradients summed over the batch, twice that
         torch.testing.assert_close(ours.double() / scale, expected.double() / scale, rtol=0,
-                                   atol=2 * tolerance(torch.bfloat16)["rtol"])
+                                   atol=(2 if i == 0 else 4) * rtol)
 
 
 def test_saved_bytes_are_not_more_than_eager():
