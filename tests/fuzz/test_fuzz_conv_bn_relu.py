@@ -130,6 +130,15 @@ def make_inputs(case, conv):
     return x, residual
 
 
+def copy_bn(bn):
+    """A copy of bn; of an uninitialised LazyBatchNorm2d (which deepcopy refuses), a new one
+    with its settings."""
+    if isinstance(bn, nn.modules.lazy.LazyModuleMixin) and bn.has_uninitialized_params():
+        return type(bn)(bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                        dtype=bn.weight.dtype if bn.affine else None).train(bn.training)
+    return copy.deepcopy(bn)
+
+
 def eager(x, conv, bn, relu, residual):
     z = bn(conv(x))
     if residual is not None:
@@ -157,7 +166,7 @@ def _float32_copy(x, conv, bn, residual):
     configuration is asked in float32."""
     low = (torch.float16, torch.bfloat16)
     widen = lambda t: t.float() if t is not None and t.dtype in low else t  # noqa: E731
-    conv, bn = copy.deepcopy(conv), copy.deepcopy(bn)
+    conv, bn = copy.deepcopy(conv), copy_bn(bn)
     for module in (conv, bn):
         for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
             if tensor.dtype in low:
@@ -188,7 +197,7 @@ def check(case, backend):
     note(repr(case))
     conv, bn = make_modules(case)
     x, residual = make_inputs(case, conv)
-    lp = [copy.deepcopy(conv), copy.deepcopy(bn)]
+    lp = [copy.deepcopy(conv), copy_bn(bn)]
     _, torch_error = torch_outcome(lambda _: eager(x, *lp, case.relu, residual))
     if isinstance(torch_error, NotImplementedError) and case.dtype in (torch.float16,
                                                                       torch.bfloat16):
@@ -206,11 +215,11 @@ def check(case, backend):
 
 
 def compare(case, conv, bn, x, residual, backend):
-    conv64, bn64 = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
-    conv_lp, bn_lp = copy.deepcopy(conv), copy.deepcopy(bn)  # torch in x's dtype
+    conv64, bn64 = copy.deepcopy(conv).double(), copy_bn(bn).double()
+    conv_lp, bn_lp = copy.deepcopy(conv), copy_bn(bn)  # torch in x's dtype
     r64 = None if residual is None else residual.double()
     with torch.no_grad():
-        pre64 = eager(x.double(), copy.deepcopy(conv64), copy.deepcopy(bn64), False, r64)
+        pre64 = eager(x.double(), copy.deepcopy(conv64), copy_bn(bn64), False, r64)
     grad = make_tensor(tuple(pre64.shape), case.dtype, case.grad_layout, "normal",
                        case.seed + 3).double()
     if case.relu and case.dtype != torch.float64:
@@ -279,7 +288,7 @@ KNOWN = {
 def test_known_mismatches(case):
     conv, bn = make_modules(case)
     x, residual = make_inputs(case, conv)
-    _, torch_error = torch_outcome(lambda _: eager(x, copy.deepcopy(conv), copy.deepcopy(bn),
+    _, torch_error = torch_outcome(lambda _: eager(x, copy.deepcopy(conv), copy_bn(bn),
                                                    case.relu, residual))
     with on_backend("cpp"):
         if torch_error is not None:
