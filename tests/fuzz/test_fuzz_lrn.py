@@ -66,7 +66,7 @@ def cases(draw):
         seed=draw(st.integers(0, 2**32 - 1)), grad_layout=draw(layouts(dim)), size=size,
         alpha=draw(_real(st.floats(0, 2, **floats), (0.0, 1e-4, -0.5, 1e30, 1e-30))),
         beta=draw(_real(st.floats(-1, 3, **floats), (0.0, 0.75, 10.0, -4.0, 1e-30))),
-        k=draw(_real(st.floats(0.1, 3, **floats), (0.0, -1.0, 1e-30, 1e30))),
+        k=draw(_real(st.floats(0.125, 3, **floats), (0.0, -1.0, 1e-30, 1e30))),
         requires_grad=draw(st.booleans()))
 
 
@@ -104,6 +104,11 @@ def check(case, backend):
         if error is not None:
             return expect_known("reported: refuses bad arguments with an empty input",
                                 lambda: 1 / 0)
+    if backend == "reference" and torch_args["size"] != case.size:
+        # found by this suite, reported: the reference pads the channels with size // 2
+        # zeros as torch's LRN does (34 GB for size 2**32 + 1: seconds, then an error)
+        return expect_known("reported: the reference backend allocates for a huge size",
+                            lambda: 1 / 0)
     if any(isinstance(v, float) and not math.isfinite(v)
            for v in (case.alpha, case.beta, case.k)):
         return expect_known("local_response_norm refuses non-finite alpha, beta or k",
