@@ -233,7 +233,7 @@ def compare(case, conv, bn, x, residual, backend):
     # convolution with padding on a 1x1 input, its gradient channels_last: found here, a
     # torch bug): the float64 reference takes a contiguous one
     z64, grads64 = run(eager, x.double(), conv64, bn64, case.relu, r64, grad.contiguous())
-    _, torch_lp = torch_outcome(lambda _: run(eager, x, conv_lp, bn_lp, case.relu, residual,
+    torch_lp, _ = torch_outcome(lambda _: run(eager, x, conv_lp, bn_lp, case.relu, residual,
                                               grad))
     z_lp, grads_lp = torch_lp if torch_lp is not None else (None, [None] * 6)
     assert z.dtype == x.dtype and z.shape == z64.shape
