@@ -1,18 +1,32 @@
 """Argument checks shared by the public functions: each error names the argument and
 says what was expected."""
 
-import math
 import numbers
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_INT32 = 2 ** 31 - 1
+
+
+def check_tensor(name, value):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def kernels_take(t):
+    """Whether the fastcnn kernels take tensor t: a strided (dense) tensor of a floating
+    dtype that they cover. Others (integer dtypes, mkldnn, sparse and nested tensors) take
+    PyTorch's own op, so that they are accepted, refused and computed as PyTorch does."""
+    return t.layout == torch.strided and not t.is_nested and t.dtype in FLOAT_DTYPES
 
 
 def check_feature_map(name, value, min_dim):
     """A floating-point tensor (N, C, *) with at least `min_dim` dimensions."""
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    check_tensor(name, value)
+    if value.layout != torch.strided or value.is_nested:
+        raise TypeError(f"{name} must be a strided (dense) tensor, got layout {value.layout}"
+                        f"{' (nested)' if value.is_nested else ''}; .to_dense() gives one")
     if value.dim() < min_dim:
         raise ValueError(
             f"{name} must have at least {min_dim} dimensions (N, C, ...), got a "
@@ -29,12 +43,3 @@ def check_int(name, value, minimum):
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
-
-
-def check_finite(name, value):
-    """A finite real number (int or float, not a tensor)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)

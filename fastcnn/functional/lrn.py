@@ -1,11 +1,15 @@
 """local_response_norm: the numbers of torch.nn.functional.local_response_norm from the
 fastcnn kernels, forward and backward."""
 
+import math
+import numbers
+
 import torch
+import torch.nn.functional as F
 
 from fastcnn import backends, ops
 from fastcnn.kernels import reference
-from fastcnn.functional._checks import check_feature_map, check_finite, check_int
+from fastcnn.functional._checks import check_feature_map, check_int, check_tensor, kernels_take
 
 
 class LocalResponseNormFunction(torch.autograd.Function):
@@ -40,10 +44,25 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
         y_c = x_c / (k + alpha / size * sum_{j = c - size // 2}^{c + (size - 1) // 2} x_j^2)^beta
 
     with zeros for channels outside [0, C). input is (N, C, *) with at least 3 dimensions.
+    What the kernels do not take goes to PyTorch's function itself: an empty input (which
+    it returns, whatever the other arguments), non-finite alpha, beta or k (or 0-d tensors
+    for them), integer dtypes, mkldnn and sparse tensors.
     """
-    check_feature_map("input", input, min_dim=3)
+    check_tensor("input", input)
+    if input.numel() == 0:
+        return F.local_response_norm(input, size, alpha, beta, k)
     size = check_int("size", size, minimum=1)
-    alpha = check_finite("alpha", alpha)
-    beta = check_finite("beta", beta)
-    k = check_finite("k", k)
-    return LocalResponseNormFunction.apply(input, size, alpha, beta, k)
+    scalars = {"alpha": alpha, "beta": beta, "k": k}
+    for name, value in scalars.items():
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__} "
+                            f"{value!r}")
+    if not kernels_take(input):
+        return F.local_response_norm(input, size, alpha, beta, k)
+    if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in scalars.values()):
+        # PyTorch's formula, in float32 for float16 and bfloat16 as the kernels compute
+        low = input.dtype in (torch.float16, torch.bfloat16)
+        output = F.local_response_norm(input.float() if low else input, size, alpha, beta, k)
+        return output.to(input.dtype)
+    check_feature_map("input", input, min_dim=3)
+    return LocalResponseNormFunction.apply(input, size, float(alpha), float(beta), float(k))

@@ -5,9 +5,10 @@ import functools
 import numbers
 
 import torch
+import torch.nn.functional as F
 
 from fastcnn import backends, ops
-from fastcnn.functional._checks import check_feature_map
+from fastcnn.functional._checks import MAX_INT32, check_feature_map, check_tensor, kernels_take
 from fastcnn.kernels import reference
 from fastcnn.ops.layout import is_channels_last
 from fastcnn.ops.pooling import pooled_size
@@ -22,6 +23,8 @@ def _pair(name, value, minimum):
         raise TypeError(f"{name} must be an int or a tuple of one or two ints, got {value!r}")
     if any(v < minimum for v in values):
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if any(v > MAX_INT32 for v in values):  # as PyTorch, which keeps them in 32 bits
+        raise ValueError(f"{name} must be at most 2**31 - 1, got {value!r}")
     values = tuple(int(v) for v in values)
     return values * 2 if len(values) == 1 else values
 
@@ -118,7 +121,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
     When a gradient is needed, forward keeps one byte per output (the winner's position in
     its window) for backward, which gathers the gradient of each input element from the
-    windows that picked it."""
+    windows that picked it. Tensors the kernels do not take (integer dtypes, mkldnn or
+    sparse layouts) go to torch.nn.functional.max_pool2d itself."""
+    check_tensor("input", input)
+    if not kernels_take(input):
+        return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                            return_indices)
     _check_pooled_input(input)
     args = _pooling_arguments(input, kernel_size, stride, padding, dilation, ceil_mode)
     unbatched = input.dim() == 3
@@ -157,7 +165,12 @@ class GlobalAvgPool2dFunction(torch.autograd.Function):
 def global_avg_pool2d(input):
     """The mean over height and width of (N, C, H, W) input as (N, C, 1, 1) (or of
     (C, H, W) input as (C, 1, 1)): torch.nn.functional.adaptive_avg_pool2d(input, 1).
-    float16 and bfloat16 are summed in float32 or wider."""
+    float16 and bfloat16 are summed in float32 or wider. What the kernels do not take goes
+    to adaptive_avg_pool2d itself: other dimensions than 3 or 4, empty channels or planes
+    (the mean of nothing is NaN), other dtypes and layouts."""
+    check_tensor("input", input)
+    if not kernels_take(input) or input.dim() not in (3, 4) or 0 in input.shape[-3:]:
+        return F.adaptive_avg_pool2d(input, 1)
     _check_pooled_input(input)
     batched = input.unsqueeze(0) if input.dim() == 3 else input
     if torch.is_grad_enabled() and input.requires_grad:

@@ -15,6 +15,11 @@ def _compute_dtype(dtype):
 
 def _channel_window_sum(v, before, after):
     """Sum over channels [c - before, c + after] of v (N, C, *), zero outside [0, C)."""
+    channels = v.shape[1]
+    if channels == 0 or v.numel() == 0:
+        return v.clone()
+    # no window reaches further than C - 1 channels into the input: wider is only zeros
+    before, after = min(before, channels - 1), min(after, channels - 1)
     padded = F.pad(v.flatten(2), (0, 0, before, after))
     return padded.unfold(1, before + after + 1, 1).sum(-1).view(v.shape)
 
@@ -159,9 +164,10 @@ def batch_norm_act_backward(grad_output, input, residual, scale, shift, mean, in
     dz = _masked_grad(grad_output, input, residual, scale, shift, relu)
     count = input.shape[0] * input.shape[2]
     centered = input.to(dz.dtype) - _per_channel(mean)
-    k = scale * invstd * sum_dz_xhat / count
-    grad_input.copy_(_per_channel(scale) * (dz - _per_channel(sum_dz / count)) -
-                     _per_channel(k) * centered)
+    k = _per_channel(scale * invstd * sum_dz_xhat / count)
+    # k == 0 (a frozen BatchNorm): no term at all, so an infinite y gives no NaN
+    centred_term = torch.where(k == 0, 0.0, k * centered)
+    grad_input.copy_(_per_channel(scale) * (dz - _per_channel(sum_dz / count)) - centred_term)
     if grad_residual is not None:
         grad_residual.copy_(dz)
 

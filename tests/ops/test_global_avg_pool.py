@@ -197,14 +197,9 @@ def test_torch_compile_fullgraph(backend):
 @pytest.mark.parametrize(
     "call, error, words",
     [
-        (lambda: global_avg_pool2d(torch.randn(4, 5)), ValueError, ["input", "3"]),
-        (lambda: global_avg_pool2d(torch.randn(1, 2, 3, 4, 5)), ValueError, ["input"]),
-        (lambda: global_avg_pool2d(torch.ones(2, 3, 4, 4, dtype=torch.int32)), TypeError,
-         ["input", "int32"]),
-        (lambda: global_avg_pool2d(torch.randn(2, 3, 0, 4)), ValueError, ["input", "non-zero"]),
         (lambda: global_avg_pool2d("x"), TypeError, ["input", "Tensor"]),
     ],
-    ids=["2d", "5d", "integer-dtype", "empty-image", "not-a-tensor"])
+    ids=["not-a-tensor"])
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error) as info:
         call()

@@ -302,19 +302,12 @@ def test_torch_compile_follows_use_backend(monkeypatch):
     "call, error, words",
     [
         (lambda: local_response_norm(torch.randn(4, 5), 3), ValueError, ["input", "3"]),
-        (lambda: local_response_norm(torch.ones(2, 3, 4, dtype=torch.int64), 3), TypeError,
-         ["input", "int64"]),
         (lambda: local_response_norm([[[1.0]]], 3), TypeError, ["input", "Tensor"]),
         (lambda: local_response_norm(torch.randn(2, 3, 4), 0), ValueError, ["size", ">= 1"]),
         (lambda: local_response_norm(torch.randn(2, 3, 4), 2.5), TypeError, ["size", "int"]),
-        (lambda: local_response_norm(torch.randn(2, 3, 4), 3, alpha=float("nan")), ValueError,
-         ["alpha", "finite"]),
-        (lambda: local_response_norm(torch.randn(2, 3, 4), 3, beta=float("inf")), ValueError,
-         ["beta", "finite"]),
         (lambda: local_response_norm(torch.randn(2, 3, 4), 3, k="1"), TypeError, ["k"]),
     ],
-    ids=["2d", "integer-dtype", "not-a-tensor", "size-0", "size-float", "alpha-nan",
-         "beta-inf", "k-string"])
+    ids=["2d", "not-a-tensor", "size-0", "size-float", "k-string"])
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error) as info:
         call()
