@@ -87,7 +87,10 @@ struct BackwardCoefficients {
   }
 };
 
-template <bool kPerLane, bool kResidual, typename scalar_t, typename T>
+// kCentred: with the term k_c (y - mean_c). A frozen BatchNorm has k = 0 and no such term
+// at all, so that an infinite y gives no NaN (0 * inf): one channel per run drops it
+// from the loop, tiles of many channels select it per lane.
+template <bool kPerLane, bool kResidual, bool kCentred, typename scalar_t, typename T>
 FASTCNN_TARGET_CLONES void backward_lanes(Lanes<const scalar_t> g, Lanes<const scalar_t> y,
                                           Lanes<const scalar_t> r, Lanes<scalar_t> dy,
                                           Lanes<scalar_t> dr, BackwardCoefficients<T> p,
@@ -96,10 +99,15 @@ FASTCNN_TARGET_CLONES void backward_lanes(Lanes<const scalar_t> g, Lanes<const s
   for_runs(unit_strides(g, y, r, dy, dr), n, runs, [&](int64_t run, int64_t i, int64_t one) {
     const T v = pre_activation<kPerLane, kResidual>(y, r, run, i, one, p.scale, p.shift);
     const T dz = through_relu(relu, v, static_cast<T>(g.at(run, i, one)));
-    const T yv = static_cast<T>(y.at(run, i, one));
+    T centred = T(0);
+    if constexpr (kCentred) {
+      const T k = channel_value<kPerLane>(p.k, i);
+      const T term = k * (static_cast<T>(y.at(run, i, one)) - channel_value<kPerLane>(p.mean, i));
+      centred = kPerLane && k == T(0) ? T(0) : term;
+    }
     dy.at(run, i, one) = static_cast<scalar_t>(
         channel_value<kPerLane>(p.scale, i) * (dz - channel_value<kPerLane>(p.mean_dz, i)) -
-        channel_value<kPerLane>(p.k, i) * (yv - channel_value<kPerLane>(p.mean, i)));
+        centred);
     if (write_dr) dr.at(run, i, one) = static_cast<scalar_t>(dz);
   });
 }
@@ -255,11 +263,20 @@ void batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& in
         const ChannelView<const scalar_t> g(grad_output), y(input), r(residual);
         const ChannelView<scalar_t> dy(grad_input), dr(grad_residual);
         with_flags(pixels, residual.has_value(), [&](auto per_lane, auto has_residual) {
+          constexpr bool kPerLane = decltype(per_lane)::value;
+          constexpr bool kResidual = decltype(has_residual)::value;
           for_each_run(e, pixels, [&](const Run& run) {
-            backward_lanes<decltype(per_lane)::value, decltype(has_residual)::value>(
-                lanes_of(g, run, pixels), lanes_of(y, run, pixels), lanes_of(r, run, pixels),
-                lanes_of(dy, run, pixels), lanes_of(dr, run, pixels), p.from(run.c), relu,
-                run.length, run.count);
+            const auto lanes = [&](auto centred) {
+              backward_lanes<kPerLane, kResidual, decltype(centred)::value>(
+                  lanes_of(g, run, pixels), lanes_of(y, run, pixels), lanes_of(r, run, pixels),
+                  lanes_of(dy, run, pixels), lanes_of(dr, run, pixels), p.from(run.c), relu,
+                  run.length, run.count);
+            };
+            if (kPerLane || k[run.c] != T(0)) {
+              lanes(std::true_type{});
+            } else {
+              lanes(std::false_type{});
+            }
           });
         });
       });

@@ -1,28 +1,30 @@
 """conv_bn_relu: Conv2d -> BatchNorm2d (+ residual) -> ReLU with the numbers of the three
 PyTorch modules, in fewer passes over memory.
 
-One path per mode, the same for every device, dtype and layout. ATen's convolution runs
-first, with the module's own weight, in x's layout (and, as in eager, in the autocast
-dtype under autocast); then:
+One path per mode, the same for every device, dtype and layout. The convolution module
+runs first, as in eager (ATen's convolution in x's layout, in the autocast dtype under
+autocast); then, on its output y:
 
 - BatchNorm in eval mode: BatchNorm is the per-channel affine map y * s + t with
-  s = gamma / sqrt(running_var + eps) and t = beta + (b - running_mean) * s (b: the conv
-  bias), and one pass over y applies s, t, the residual and the ReLU, in place when no
-  gradient is wanted. s and t are computed from the parameters and buffers on every call
-  (a few operations on vectors of C values), so that no edit of them, in place or through
-  `.data`, can leave a stale copy behind; folding s into the weight instead would cost a
-  pass over the weight per call or such a cache, to save one multiply per output element.
+  s = gamma / sqrt(running_var + eps) and t = beta - running_mean * s, and one pass over y
+  applies s, t, the residual and the ReLU, in place when no gradient is wanted. s and t
+  are computed from the parameters and buffers on every call (a few operations on vectors
+  of C values), so that no edit of them, in place or through `.data`, can leave a stale
+  copy behind; folding s into the weight instead would cost a pass over the weight per
+  call or such a cache, to save one multiply per output element.
 - BatchNorm in training mode (or without running statistics): conv_bn_training.py.
 """
 
 import torch
-import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastcnn import backends, ops
-from fastcnn.functional._checks import check_feature_map
+from fastcnn.functional._checks import check_tensor, kernels_take
 from fastcnn.functional.conv_bn_training import BatchNormActTrainingFunction, scale_and_shift
 from fastcnn.kernels import reference
 from fastcnn.ops.conv_bn_relu import stat_dtype
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class ChannelAffineActFunction(torch.autograd.Function):
@@ -68,74 +70,86 @@ class ChannelAffineActFunction(torch.autograd.Function):
         return grad_y, grad_scale, grad_shift, grad_residual, None, None
 
 
-def _running_affine(conv, bn, dtype):
-    """(scale, shift) of the eval-mode BatchNorm applied to the convolution's output without
-    its bias, in `dtype`; differentiable in the parameters."""
-    mean = bn.running_mean.to(dtype)
-    if conv.bias is not None:
-        mean = mean - conv.bias.to(dtype)
+def _running_affine(bn, dtype):
+    """(scale, shift) of the eval-mode BatchNorm, in `dtype`; differentiable in the
+    parameters."""
     invstd = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
-    return scale_and_shift(mean, invstd, bn.weight, bn.bias)
+    return scale_and_shift(bn.running_mean.to(dtype), invstd, bn.weight, bn.bias)
 
 
-def _inference(y, conv, bn, relu, residual, backend):
-    scale, shift = _running_affine(conv, bn, stat_dtype(y.dtype))
+def _inference(y, bn, relu, residual, backend):
+    scale, shift = _running_affine(bn, stat_dtype(y.dtype))
     if _wants_grad(y, scale, shift, residual):
         return ChannelAffineActFunction.apply(y, scale, shift, residual, relu, backend)
     ops.channel_affine_act_(y, scale, shift, residual, relu, backend)
     return y
 
 
-def _convolution(x, conv):
-    """conv(x) without its bias (which BatchNorm's shift takes in)."""
-    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation,
-                    conv.groups)
-
-
-def _check_arguments(x, conv, bn, relu, residual):
+def _check_modules(conv, bn, relu):
     if not isinstance(conv, torch.nn.Conv2d):
         raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
-    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+    if not isinstance(bn, _BatchNorm):
         raise TypeError(f"bn must be a torch.nn.BatchNorm2d, got {type(bn).__name__}")
-    if conv.padding_mode != "zeros":
-        raise ValueError(f"conv.padding_mode must be 'zeros', got {conv.padding_mode!r}")
-    if conv.padding == "same":
-        raise ValueError("conv.padding='same' is not supported; give the padding as numbers")
-    if bn.num_features != conv.out_channels:
-        raise ValueError(f"bn.num_features ({bn.num_features}) must equal conv.out_channels "
-                         f"({conv.out_channels})")
     if not isinstance(relu, bool):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__} {relu!r}")
-    check_feature_map("x", x, min_dim=4)
-    if x.dim() != 4:
-        raise ValueError(f"x must have 4 dimensions (N, C, H, W), got a {x.dim()}-d tensor "
-                         f"of shape {tuple(x.shape)}")
-    if x.shape[1] != conv.in_channels:
-        raise ValueError(f"x must have conv.in_channels = {conv.in_channels} channels, got "
-                         f"{x.shape[1]} (shape {tuple(x.shape)})")
-    autocast = torch.is_autocast_enabled(x.device.type)  # then dtypes may differ, as in eager
-    if x.device != conv.weight.device or (x.dtype != conv.weight.dtype and not autocast):
-        raise TypeError(f"x must have the dtype and device of conv.weight "
-                        f"({conv.weight.dtype}, {conv.weight.device}), got {x.dtype} on "
-                        f"{x.device}")
-    if residual is not None:
-        check_feature_map("residual", residual, min_dim=4)
-        if residual.device != x.device or (residual.dtype != x.dtype and not autocast):
-            raise TypeError(f"residual must have the dtype and device of x ({x.dtype}, "
-                            f"{x.device}), got {residual.dtype} on {residual.device}")
 
 
-def _check_residual(residual, y):
-    if residual is not None and residual.shape != y.shape:
-        raise ValueError(f"residual must have the shape of the convolution's output "
-                         f"{tuple(y.shape)}, got {tuple(residual.shape)}")
+def _fused_batch_norm(bn):
+    """Whether the kernels stand in for bn: a BatchNorm2d (or a lazy one) whose forward is
+    BatchNorm's own. BatchNorm1d/3d, SyncBatchNorm and subclasses with their own forward
+    (a fused activation, say) run that forward."""
+    return (isinstance(bn, (torch.nn.BatchNorm2d, torch.nn.LazyBatchNorm2d))
+            and type(bn).forward is _BatchNorm.forward)
+
+
+def _check_batch_norm(bn, y, batch_statistics):
+    """What torch.nn.BatchNorm2d refuses, refused here with its reasons."""
+    if y.dim() != 4:
+        raise ValueError(f"bn expected 4D input (got {y.dim()}D input): x must be (N, C, H, W)")
+    if bn.num_features != y.shape[1]:
+        raise ValueError(f"bn.num_features ({bn.num_features}) must equal the convolution's "
+                         f"output channels ({y.shape[1]})")
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(bn, name)
+        if t is None:
+            continue
+        if t.device != y.device:
+            raise RuntimeError(f"bn.{name} is on {t.device}, the convolution's output on "
+                               f"{y.device}: they must be on one device")
+        # BatchNorm takes its parameters in its input's dtype, or float32 for float16 and
+        # bfloat16 input (as under autocast)
+        if t.dtype != y.dtype and not (t.dtype == torch.float32 and y.dtype in HALF_DTYPES):
+            raise TypeError(f"bn.{name} is {t.dtype} but the convolution's output is {y.dtype}:"
+                            f" BatchNorm2d needs them in one dtype (or float32 parameters for "
+                            f"float16/bfloat16 input)")
+    if bn.eps < 0 or (batch_statistics and bn.eps == 0):
+        expected = "positive with batch statistics" if batch_statistics else "non-negative"
+        raise ValueError(f"bn.eps must be {expected}, got {bn.eps}")
+    for name in ("running_mean", "running_var"):
+        if not batch_statistics and getattr(bn, name) is None:
+            raise RuntimeError(f"bn.{name} must be defined in evaluation mode")
+    if batch_statistics and y.shape[0] * y.shape[2] * y.shape[3] == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got "
+                         f"convolution output of shape {tuple(y.shape)}")
+
+
+def _fused_residual(residual, y):
+    """Whether the residual is added inside the kernels' pass: a float tensor of y's shape,
+    dtype and device. Others (a number, a shape that broadcasts, another dtype) are added
+    as eager adds them, after BatchNorm."""
+    return (isinstance(residual, torch.Tensor) and kernels_take(residual)
+            and residual.shape == y.shape and residual.dtype == y.dtype
+            and residual.device == y.device)
 
 
 def _update_running_stats(bn, mean, var, count):
     """As nn.BatchNorm2d in training: the unbiased variance, and a momentum of
     1 / num_batches_tracked (a cumulative average) when bn.momentum is None."""
     with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        if count == 0 or bn.running_mean is None:  # left alone, as eager leaves them
+            return
         if bn.momentum is None:
             # a tensor, not float(...): no host sync, and torch.compile traces it
             factor = 1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
@@ -153,34 +167,42 @@ def _wants_grad(*tensors):
 def conv_bn_relu(x, conv, bn, relu=True, residual=None):
     """relu(bn(conv(x)) + residual) for existing torch.nn.Conv2d and torch.nn.BatchNorm2d
     modules, with their numbers: batch statistics (and running-statistics updates) when bn
-    is in training mode, the running statistics in eval mode.
+    is in training mode or has no running statistics, the running statistics otherwise.
 
-    relu=False leaves out the ReLU; residual (the convolution output's shape) is added
-    before it. Any stride, padding, dilation and groups; a conv bias or not.
+    relu=False leaves out the ReLU; residual is added before it. The convolution is conv's
+    own forward (any stride, padding, padding mode, dilation, groups, bias; hooks run).
+    What the kernels do not take runs as eager runs it, with eager's results and errors:
+    a BatchNorm other than BatchNorm2d's own forward (BatchNorm1d/3d, SyncBatchNorm, a
+    subclass with its own forward), an empty convolution output or one of another dtype
+    or layout, and a residual that is not a tensor of the output's shape and dtype (it is
+    added after BatchNorm).
     """
-    _check_arguments(x, conv, bn, relu, residual)
-    backend = backends.select("conv_bn_relu", x)
-    y = _convolution(x, conv)
-    _check_residual(residual, y)
-    if residual is not None and residual.dtype != y.dtype:
-        # autocast: the convolution's output is in the autocast dtype, and eager adds the
-        # residual in the wider of the two
-        dtype = torch.promote_types(y.dtype, residual.dtype)
-        y, residual = y.to(dtype), residual.to(dtype)
-    if not bn.training and bn.running_mean is not None and bn.running_var is not None:
-        return _inference(y, conv, bn, relu, residual, backend)
-    n, _, h, w = y.shape
-    count = n * h * w
-    if count == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got "
-                         f"convolution output of shape {tuple(y.shape)}")
+    _check_modules(conv, bn, relu)
+    check_tensor("x", x)
+    y = conv(x)
+    if isinstance(bn, torch.nn.LazyBatchNorm2d) and bn.has_uninitialized_params():
+        bn.initialize_parameters(y)  # as its first forward would
+    if not (_fused_batch_norm(bn) and kernels_take(y)) or y.numel() == 0:
+        z = bn(y)
+        return _activate(z if residual is None else z + residual, relu)
+    if residual is not None and not _fused_residual(residual, y):
+        return _activate(_batch_norm(y, bn, False, None) + residual, relu)
+    return _batch_norm(y, bn, relu, residual)
+
+
+def _activate(z, relu):
+    return torch.relu(z) if relu else z
+
+
+def _batch_norm(y, bn, relu, residual):
+    # BatchNorm's rule: batch statistics in training, or in eval without running ones
+    batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
+    _check_batch_norm(bn, y, batch_statistics)
+    backend = backends.select("conv_bn_relu", y)
+    if not batch_statistics:
+        return _inference(y, bn, relu, residual, backend)
     z, mean, var = BatchNormActTrainingFunction.apply(
-        y, conv.bias, bn.weight, bn.bias, residual, bn.eps, relu, backend)
+        y, bn.weight, bn.bias, residual, bn.eps, relu, backend)
     if bn.training and bn.track_running_stats:
-        if count > 0:  # an empty batch leaves them, as eager does
-            if conv.bias is not None:
-                mean = mean + conv.bias.detach().to(mean.dtype)
-            _update_running_stats(bn, mean, var, count)
-        else:
-            bn.num_batches_tracked.add_(1)
+        _update_running_stats(bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
     return z

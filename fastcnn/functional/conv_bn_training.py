@@ -32,11 +32,10 @@ def scale_and_shift(mean, invstd, bn_weight, bn_bias):
 
 class BatchNormActTrainingFunction(torch.autograd.Function):
     """Outputs z and the batch's per-channel mean and biased variance of y (for the running
-    statistics, which the caller updates). conv_bias is an input only for its gradient: a
-    bias shifts y and its batch mean alike, so it cancels and its gradient is exactly 0."""
+    statistics, which the caller updates)."""
 
     @staticmethod
-    def forward(ctx, y, conv_bias, bn_weight, bn_bias, residual, eps, relu, backend):
+    def forward(ctx, y, bn_weight, bn_bias, residual, eps, relu, backend):
         if y.numel() > 0:
             mean, var = ops.batch_norm_stats(y, backend)
         else:  # an empty batch: eager's output, and running statistics left alone
@@ -46,45 +45,42 @@ class BatchNormActTrainingFunction(torch.autograd.Function):
         z = ops.channel_affine_act(y, scale, shift, residual, relu, backend)
         # The residual is kept only for the ReLU's mask; in a ResNet block it is the block's
         # input, kept by its first convolution anyway.
-        ctx.save_for_backward(y, residual if relu else None, mean, invstd, bn_weight, bn_bias,
-                              conv_bias)
+        ctx.save_for_backward(y, residual if relu else None, mean, invstd, bn_weight, bn_bias)
         ctx.eps, ctx.relu, ctx.backend = eps, relu, backend
         ctx.mark_non_differentiable(mean, var)
         return z, mean, var
 
     @staticmethod
     def backward(ctx, grad_z, _grad_mean, _grad_var):
-        y, residual, mean, invstd, bn_weight, bn_bias, conv_bias = ctx.saved_tensors
+        y, residual, mean, invstd, bn_weight, bn_bias = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grads = [None] * 8
-        if need[1]:
-            grads[1] = torch.zeros_like(conv_bias)
-        if need[4] and not ctx.relu:
-            grads[4] = grad_z  # the residual is added last
+        grads = [None] * 7
+        if need[3] and not ctx.relu:
+            grads[3] = grad_z  # the residual is added last
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_z, grads)
         scale, shift = scale_and_shift(mean, invstd, bn_weight, bn_bias)
         sum_dz, sum_dz_xhat = ops.batch_norm_act_backward_reduce(
             grad_z, y, residual, scale, shift, mean, invstd, ctx.relu, ctx.backend)
-        grad_residual_from_kernel = ctx.relu and need[4]
+        grad_residual_from_kernel = ctx.relu and need[3]
         if need[0] or grad_residual_from_kernel:
             grads[0], *grad_residual = ops.batch_norm_act_backward(
                 grad_z, y, residual, scale, shift, mean, invstd, sum_dz, sum_dz_xhat, ctx.relu,
                 grad_residual_from_kernel, ctx.backend)
             if grad_residual_from_kernel:
-                grads[4] = grad_residual[0]
+                grads[3] = grad_residual[0]
+        if need[1]:
+            grads[1] = sum_dz_xhat.to(bn_weight.dtype)  # d/dgamma = sum dz * xhat
         if need[2]:
-            grads[2] = sum_dz_xhat.to(bn_weight.dtype)  # d/dgamma = sum dz * xhat
-        if need[3]:
-            grads[3] = sum_dz.to(bn_bias.dtype)  # d/dbeta = sum dz
+            grads[2] = sum_dz.to(bn_bias.dtype)  # d/dbeta = sum dz
         return tuple(grads)
 
 
 def _differentiable_backward(ctx, grad_z, grads):
     """The gradients from the forward rebuilt in PyTorch ops, for create_graph=True: second
     derivatives need a backward that autograd can see through."""
-    y, residual, _, _, bn_weight, bn_bias, _ = ctx.saved_tensors
-    inputs = {0: y, 2: bn_weight, 3: bn_bias, 4: residual}
+    y, residual, _, _, bn_weight, bn_bias = ctx.saved_tensors
+    inputs = {0: y, 1: bn_weight, 2: bn_bias, 3: residual}
     wanted = [i for i, t in inputs.items() if t is not None and ctx.needs_input_grad[i]]
     with torch.enable_grad():
         z = reference.batch_norm_act_training(y, bn_weight, bn_bias, residual, ctx.eps,

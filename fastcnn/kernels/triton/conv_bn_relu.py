@@ -297,7 +297,9 @@ def _backward_kernel(
     count = tl.cast(count, ACC_DTYPE)
     mean_dz = tl.load(sum_dz_ptr + channels, mask=c_mask, other=0.0) / count
     k = scale * invstd * tl.load(sum_dz_xhat_ptr + channels, mask=c_mask, other=0.0) / count
-    dy = scale[:, None] * (g - mean_dz[:, None]) - k[:, None] * (y.to(ACC_DTYPE) - mean[:, None])
+    # k == 0 (a frozen BatchNorm): no term at all, so an infinite y gives no NaN
+    centred_term = tl.where(k[:, None] == 0, 0.0, k[:, None] * (y.to(ACC_DTYPE) - mean[:, None]))
+    dy = scale[:, None] * (g - mean_dz[:, None]) - centred_term
     tl.store(tile_pointers(dy_ptr, image, channels, positions, dy_stride_n, dy_stride_c,
                            dy_stride_s), dy.to(dy_ptr.dtype.element_ty), mask=mask)
     if WRITE_DR:
