@@ -10,8 +10,31 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
+
 import fastcnn  # noqa: E402
 from fastcnn import backends  # noqa: E402
+
+# Hypothesis profiles of tests/fuzz, chosen with pytest's --hypothesis-profile option
+# (registered here, in the first conftest pytest reads, so that the option finds them):
+# "default" (loaded unless the option names another) is a quick run inside `pytest tests`;
+# "ci" draws at least 2,000 examples per op. Both are derandomized (a failure reproduces)
+# and keep no example database. max_examples counts the examples of each test on the CPU
+# backends; the Triton-interpreter tests draw a twentieth of it
+# (fuzz_strategies.triton_settings).
+_HYPOTHESIS = dict(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    # no explain phase: it reruns a failure hundreds of times (tens of seconds here)
+    phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
+
+settings.register_profile("default", max_examples=70, **_HYPOTHESIS)
+settings.register_profile("ci", max_examples=1905, **_HYPOTHESIS)
 
 
 def pytest_configure(config):

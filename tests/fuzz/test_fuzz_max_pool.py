@@ -131,10 +131,6 @@ def check(case, backend):
     expected, torch_error = torch_outcome(lambda t: F.max_pool2d(t, **args), x.detach())
     ours = lambda: max_pool2d(x, **args)  # noqa: E731
     if torch_error is not None:
-        if _largest_argument(case) >= 2**31:
-            # fastcnn takes values torch cannot convert to a C++ int (being fixed)
-            return expect_known("an argument >= 2**31", lambda: assert_refused(ours,
-                                                                                torch_error))
         return assert_refused(ours, torch_error)
     output_shape = (expected[0] if case.return_indices else expected).shape
     if _has_window_outside_input(case, output_shape):
@@ -200,7 +196,6 @@ EXTREME_LEGAL = {
 }
 
 
-@xfail_known("torch refuses values >= 2**31 (int overflow); fastcnn takes them")
 @pytest.mark.parametrize("args", KNOWN.values(), ids=KNOWN.keys())
 def test_refuses_what_torch_cannot_convert_to_int(args, backend="cpp"):  # reference refuses
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
