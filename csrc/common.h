@@ -82,8 +82,17 @@ inline bool use_pixel_tiles(const at::Tensor& t) {
   return channels > positions;
 }
 
-inline void check_cpu_float_3d(const at::Tensor& t, const char* name) {
+// t is an ordinary dense tensor in CPU memory, which the kernels read through its data
+// pointer and strides: other layouts (mkldnn, sparse) have neither, and would crash them.
+inline void check_strided_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined(), name, " must be a tensor, got an undefined one");
+  TORCH_CHECK(t.layout() == at::kStrided, name, " must be a strided (dense) tensor, got layout ",
+              t.layout(), " (convert it with .to_dense() first)");
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
+}
+
+inline void check_cpu_float_3d(const at::Tensor& t, const char* name) {
+  check_strided_cpu(t, name);
   TORCH_CHECK(t.dim() == 3, name, " must be viewed as (N, C, S) with 3 dimensions, got ",
               t.dim(), " dimensions");
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), name,

@@ -93,3 +93,11 @@ def strided_view(kind, n, c, s, dtype=torch.float64, device="cpu"):
     if kind == "neither":
         return torch.empty(n, s, 2 * c, dtype=dtype, device=device)[..., ::2].transpose(1, 2)
     raise ValueError(f"kind must be one of {VIEW_LAYOUTS}, got {kind!r}")
+
+
+# Tensors that are not strided (no data pointer and strides to read): every kernel entry
+# point must refuse them with an error that names the argument, never crash.
+OTHER_LAYOUTS = {
+    "mkldnn": lambda t: t.float().to_mkldnn(),
+    "sparse": lambda t: t.to_sparse(),
+}

@@ -212,7 +212,7 @@ void with_flags(bool a, bool b, F f) {
 // A per-channel vector: (C,), contiguous, in the accumulation type of y's dtype.
 inline void check_channel_vector(const at::Tensor& v, const at::Tensor& y, const char* name) {
   const auto expected = at::toOpMathType(y.scalar_type());
-  TORCH_CHECK(v.device().is_cpu(), name, " must be a CPU tensor, got one on ", v.device());
+  check_strided_cpu(v, name);
   TORCH_CHECK(v.dim() == 1 && v.size(0) == y.size(1) && v.is_contiguous(), name,
               " must be a contiguous vector of ", y.size(1), " channels, got shape ", v.sizes());
   TORCH_CHECK(v.scalar_type() == expected, name, " must be ", expected, " for ",

@@ -302,6 +302,7 @@ void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output
 }
 
 at::Tensor global_avg_pool2d(const at::Tensor& input, bool channels_last) {
+  check_strided_cpu(input, "input");
   TORCH_CHECK(input.dim() == 4, "input must be (N, C, H, W), got a ", input.dim(),
               "-d tensor of shape ", input.sizes());
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);

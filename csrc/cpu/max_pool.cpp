@@ -29,6 +29,7 @@
 //   pixels (channels_last): the lanes run along channels, and each window is KH * KW
 //     channel rows combined in scan order.
 #include <algorithm>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -47,9 +48,19 @@ namespace {
 // loops over a row, often shorter than 64 lanes here, have no scalar remainder.
 constexpr int64_t kVectorLanes = 16;
 
+// Windows (and strides) of at most this many taps along a row run over the row's split
+// into column phases (SplitRows), whose size grows with both; wider ones scan each window's
+// taps in the input one by one.
+constexpr int64_t kMaxTableTaps = 64;
+
+// ceil(a / b) for b > 0 and any a.
+int64_t ceil_div(int64_t a, int64_t b) { return a > 0 ? (a + b - 1) / b : -(-a / b); }
+
 // One spatial axis of the pooling, and what every plane shares along it: the taps of each
 // output that lie in the input, and the windows over each input. Planned once per call,
-// so that no kernel loop divides.
+// so that no kernel loop divides. Kernel, stride, padding and dilation may each be up to
+// 2^31 - 1, so every plan and buffer is sized by the input and output, never by them:
+// only the taps that land in the input are ever listed or visited.
 struct Axis {
   int64_t in;  // input size
   int64_t out;  // output size
@@ -62,6 +73,11 @@ struct Axis {
   int64_t interior_end;
   // out rounded up to whole vectors
   int64_t padded_out;
+  // the most taps of one window that lie in the input
+  int64_t max_taps = 0;
+  // whether rows run over their column phases (row_windows): narrow windows and strides
+  // whose span fits in the input and its padding
+  bool tabled;
   std::vector<int64_t> first_tap, end_tap;  // per output: its taps in the input
   // per input i, covers[cover_begin[i] .. cover_begin[i + 1]) are the windows over it as
   // (tap, output) by increasing output
@@ -76,7 +92,9 @@ struct Axis {
       first_tap.push_back(s >= 0 ? 0 : (-s + dilation - 1) / dilation);
       const int64_t room = in - 1 - s;
       end_tap.push_back(room < 0 ? 0 : std::min(kernel, room / dilation + 1));
+      max_taps = std::max(max_taps, end_tap.back() - first_tap.back());
     }
+    tabled = kernel <= kMaxTableTaps && stride <= kMaxTableTaps && span() <= in + 2 * pad + stride;
     interior_begin = std::min(out, (pad + stride - 1) / stride);
     const int64_t room = in - 1 + pad - (kernel - 1) * dilation;
     interior_end = room < 0 ? interior_begin : std::clamp(room / stride + 1, interior_begin, out);
@@ -84,15 +102,40 @@ struct Axis {
 
     for (int64_t i = 0; i < in; ++i) {
       cover_begin.push_back(static_cast<int64_t>(covers.size()));
-      for (int64_t k = kernel - 1; k >= 0; --k) {
-        const int64_t t = i + pad - k * dilation;
-        if (t >= 0 && t % stride == 0 && t / stride < out) covers.emplace_back(k, t / stride);
-      }
+      add_covers(i);
     }
     cover_begin.push_back(static_cast<int64_t>(covers.size()));
   }
 
+  // Appends the windows over input i by increasing output: o * stride + k * dilation =
+  // i + pad with o < out and k < kernel, found along whichever of k and o has the shorter
+  // range (both are bounded by the output size).
+  void add_covers(int64_t i) {
+    const int64_t t = i + pad;
+    const int64_t k_lo = std::max<int64_t>(0, ceil_div(t - (out - 1) * stride, dilation));
+    const int64_t k_hi = std::min(kernel - 1, t / dilation);
+    const int64_t o_lo = std::max<int64_t>(0, ceil_div(t - (kernel - 1) * dilation, stride));
+    const int64_t o_hi = std::min(out - 1, t / stride);
+    if (k_hi - k_lo <= o_hi - o_lo) {
+      for (int64_t k = k_hi; k >= k_lo; --k) {
+        if ((t - k * dilation) % stride == 0) covers.emplace_back(k, (t - k * dilation) / stride);
+      }
+    } else {
+      for (int64_t o = o_lo; o <= o_hi; ++o) {
+        if ((t - o * stride) % dilation == 0) covers.emplace_back((t - o * stride) / dilation, o);
+      }
+    }
+  }
+
   int64_t start(int64_t o) const { return o * stride - pad; }
+  // The taps that land in the input in some window, by decreasing k.
+  std::vector<int64_t> taps_in_input() const {
+    std::vector<int64_t> taps;
+    for (const auto& cover : covers) taps.push_back(cover.first);
+    std::sort(taps.begin(), taps.end(), std::greater<>());
+    taps.erase(std::unique(taps.begin(), taps.end()), taps.end());
+    return taps;
+  }
   int64_t span() const { return (kernel - 1) * dilation + 1; }
   // Calls f(k, o) for the windows over input i, by increasing o.
   template <typename F>
@@ -228,7 +271,8 @@ struct SplitRows {
 // into m and p (rows of a.padded_out lanes). `flat` holds the rows (row r at r * a.in)
 // and `phases` their split (SplitRows). The loops run over whole vectors of lanes and
 // read all taps, in the input or not; lanes past a.out hold garbage, and the windows
-// that hang over a row's ends are redone exactly afterwards, from `flat`.
+// that hang over a row's ends are redone exactly afterwards, from `flat`. Axes that are not
+// a.tabled have no split: every window is scanned over its taps in the input.
 template <typename T, bool kPositions>
 FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __restrict phases,
                                        const SplitRows& layout, int64_t rows, const Axis& a,
@@ -236,11 +280,10 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
   const int64_t kernel = a.kernel, dilation = a.dilation, stride = a.stride;
   const int64_t lanes = a.padded_out;
   constexpr int64_t kBlock = 64;  // lanes whose running maxima stay in registers
-  constexpr int64_t kMaxTaps = 64;
   // run of tap k of row 0 starts at flattened element (margin - pad + k dilation) =
   // phase tap_phase[k], element tap_index[k]; each row adds `in` to that
-  int64_t tap_phase[kMaxTaps], tap_index[kMaxTaps];
-  const int64_t taps = std::min(kernel, kMaxTaps);
+  int64_t tap_phase[kMaxTableTaps], tap_index[kMaxTableTaps];
+  const int64_t taps = a.tabled ? kernel : 0;
   for (int64_t k = 0; k < taps; ++k) {
     const int64_t e = layout.margin - a.pad + k * dilation;
     tap_phase[k] = e % stride;
@@ -250,11 +293,11 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
   for (int64_t r = 0; r < rows; ++r) {
     T* row_m = m + r * lanes;
     int32_t* row_p = p + r * lanes;
-    if (kernel == 3) {
+    if (a.tabled && kernel == 3) {
       const auto tap = [&](int64_t k) { return phases + tap_phase[k] * layout.length + tap_index[k]; };
       max_of_three<T, kPositions, false>(tap(0), tap(1), tap(2), nullptr, nullptr, nullptr, 0, 1,
                                          2, row_m, row_p, lanes);
-    } else if (taps == kernel) {
+    } else if (a.tabled) {
       for (int64_t o0 = 0; o0 < lanes; o0 += kBlock) {
         const int64_t width = std::min(kBlock, lanes - o0);
         alignas(64) T best[kBlock];
@@ -298,10 +341,10 @@ FASTCNN_TARGET_CLONES void row_windows(const T* __restrict flat, const T* __rest
       row_m[o] = best;
       if constexpr (kPositions) row_p[o] = winner;
     };
-    if (taps == kernel) {
+    if (a.tabled) {
       for (int64_t o = 0; o < a.interior_begin; ++o) exact(o);
       for (int64_t o = a.interior_end; o < a.out; ++o) exact(o);
-    } else {  // windows too wide for the tap tables: every output the slow way
+    } else {  // no tap tables: every output the slow way
       for (int64_t o = 0; o < a.out; ++o) exact(o);
     }
     for (int64_t k = 0; k < taps; ++k) {  // to the next row
@@ -601,7 +644,8 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
                      every_window_reaches_input(ah) && every_window_reaches_input(aw);
   at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> converted(in_place ? 0 : max_rows * aw.in);
-    std::vector<T> phases(aw.stride * layout.length), hm(max_rows * lanes), m(block * lanes);
+    std::vector<T> phases(aw.tabled ? aw.stride * layout.length : 0), hm(max_rows * lanes),
+        m(block * lanes);
     std::vector<int32_t> hp(kPositions ? max_rows * lanes : 0), p(kPositions ? block * lanes : 0);
     std::vector<T> v(plain ? plain_row_lanes(aw) : 0);
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -632,7 +676,7 @@ void forward_planes(const ForwardArgs<scalar_t, pos_t>& args) {
           }
           flat = converted.data();
         }
-        layout.split(flat, rows * aw.in, phases.data());
+        if (aw.tabled) layout.split(flat, rows * aw.in, phases.data());
         row_windows<T, kPositions>(flat, phases.data(), layout, rows, aw, hm.data(), hp.data());
         // values go straight to a contiguous output plane, in the rows whose overshoot
         // stays inside the plane (it lands on rows written after them)
@@ -670,7 +714,7 @@ void forward_pixels(const ForwardArgs<scalar_t, pos_t>& args) {
   using T = at::opmath_type<scalar_t>;
   const Axis& ah = args.h;
   const Axis& aw = args.w;
-  const int64_t lanes = args.channels, window = ah.kernel * aw.kernel;
+  const int64_t lanes = args.channels, window = ah.max_taps * aw.max_taps;
   at::parallel_for(0, args.batch * ah.out, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> converted(std::is_same_v<T, scalar_t> && args.x.stride_c == 1 ? 0 : window * lanes);
     std::vector<T> m(lanes);
@@ -738,7 +782,7 @@ struct ColumnGather {
     taps.resize(phases);
     for (int64_t r = 0; r < phases; ++r) columns.push_back((a.in - r + a.stride - 1) / a.stride);
     int64_t back = 0;
-    for (int64_t kw = a.kernel - 1; kw >= 0; --kw) {
+    for (const int64_t kw : a.taps_in_input()) {  // the others gather nothing
       const int64_t offset = kw * a.dilation - a.pad;  // input column of tap kw of output 0
       const int64_t phase = ((offset % a.stride) + a.stride) % a.stride;
       if (phase >= phases) continue;
@@ -896,7 +940,8 @@ void backward_planes(const BackwardArgs<scalar_t, pos_t>& args) {
   // input rows per block: the block's gradient rows, and the rows of dL/dy and positions
   // that reach them, stay in L2
   const int64_t per_row = sizeof(T) * aw.in + (sizeof(T) + 4) * cg.row_length;
-  const int64_t block = std::clamp<int64_t>(256 * 1024 / per_row, ah.span(), std::max<int64_t>(ah.in, 1));
+  const int64_t rows = std::max<int64_t>(ah.in, 1);
+  const int64_t block = std::clamp<int64_t>(256 * 1024 / per_row, std::min(ah.span(), rows), rows);
   const GatherPlan plan(ah, aw, cg, block);
   int64_t max_out_rows = 1;
   for (const auto& b : plan.blocks) max_out_rows = std::max(max_out_rows, b.last_out - b.first_out + 1);
@@ -949,6 +994,67 @@ void backward_pixels(const BackwardArgs<scalar_t, pos_t>& args) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Windows of more taps than int32 can number (positions are int64): the lane kernels
+// keep int32 positions, so these scan each window's taps in the input one by one, and
+// gather each input's gradient over the windows that hold it, in the same orders.
+// ---------------------------------------------------------------------------------------
+
+template <typename scalar_t>
+void forward_wide(const ForwardArgs<scalar_t, int64_t>& args) {
+  using T = at::opmath_type<scalar_t>;
+  const Axis& ah = args.h;
+  const Axis& aw = args.w;
+  at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / args.channels, c = plane % args.channels;
+      for (int64_t oh = 0; oh < ah.out; ++oh) {
+        for (int64_t ow = 0; ow < aw.out; ++ow) {
+          T best = kMinusInf<T>;
+          int64_t winner = ah.first_tap[oh] * aw.kernel + aw.first_tap[ow];
+          for (int64_t kh = ah.first_tap[oh]; kh < ah.end_tap[oh]; ++kh) {
+            const int64_t ih = ah.start(oh) + kh * ah.dilation;
+            for (int64_t kw = aw.first_tap[ow]; kw < aw.end_tap[ow]; ++kw) {
+              const T v = *args.x.at(n, c, ih, aw.start(ow) + kw * aw.dilation);
+              if (replaces(v, best)) {
+                best = v;
+                winner = kh * aw.kernel + kw;
+              }
+            }
+          }
+          *args.y.at(n, c, oh, ow) = static_cast<scalar_t>(best);
+          *args.positions.at(n, c, oh, ow) = winner;
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_wide(const BackwardArgs<scalar_t, int64_t>& args) {
+  using T = at::opmath_type<scalar_t>;
+  const Axis& ah = args.h;
+  const Axis& aw = args.w;
+  at::parallel_for(0, args.batch * args.channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / args.channels, c = plane % args.channels;
+      for (int64_t ih = 0; ih < ah.in; ++ih) {
+        for (int64_t iw = 0; iw < aw.in; ++iw) {
+          T sum = 0;
+          ah.for_each_cover(ih, [&](int64_t kh, int64_t oh) {
+            aw.for_each_cover(iw, [&](int64_t kw, int64_t ow) {
+              if (*args.positions.at(n, c, oh, ow) == kh * aw.kernel + kw) {
+                sum += static_cast<T>(*args.g.at(n, c, oh, ow));
+              }
+            });
+          });
+          *args.dx.at(n, c, ih, iw) = static_cast<scalar_t>(sum);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
 // Entry points.
 // ---------------------------------------------------------------------------------------
 
@@ -982,7 +1088,7 @@ std::pair<Axis, Axis> pooling_axes(int64_t in_h, int64_t in_w, int64_t out_h, in
 }
 
 void check_image(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
+  check_strided_cpu(t, name);
   TORCH_CHECK(t.dim() == 4, name, " must be (N, C, H, W), got ", t.dim(), " dimensions");
 }
 
@@ -997,7 +1103,10 @@ void check_positions(const at::Tensor& positions, const at::Tensor& pooled, cons
   check_image(positions, "positions");
   TORCH_CHECK(positions.sizes() == pooled.sizes(), "positions must have the shape of ",
               pooled_name, " ", pooled.sizes(), ", got ", positions.sizes());
-  const auto expected = ah.kernel * aw.kernel <= 256 ? at::kByte : at::kInt;
+  const int64_t taps = ah.kernel * aw.kernel;
+  const auto expected = taps <= 256                                  ? at::kByte
+                        : taps <= std::numeric_limits<int32_t>::max() ? at::kInt
+                                                                      : at::kLong;
   TORCH_CHECK(positions.scalar_type() == expected, "positions must be ", expected, " for a ",
               ah.kernel, "x", aw.kernel, " window, got ", positions.scalar_type());
 }
@@ -1006,8 +1115,10 @@ template <typename F>
 void dispatch_positions(at::ScalarType type, F f) {
   if (type == at::kByte) {
     f(uint8_t{});
-  } else {
+  } else if (type == at::kInt) {
     f(int32_t{});
+  } else {
+    f(int64_t{});
   }
 }
 
@@ -1045,7 +1156,9 @@ void max_pool2d_forward(const at::Tensor& input, const at::Tensor& output,
               ImageView<const scalar_t>(input), ImageView<scalar_t>(output),
               ImageView<pos_t>(with_positions ? *positions : output), input.size(0),
               input.size(1), axes.first, axes.second};
-          if (with_positions) {
+          if constexpr (std::is_same_v<pos_t, int64_t>) {
+            forward_wide(args);
+          } else if (with_positions) {
             pixels ? forward_pixels<scalar_t, pos_t, true>(args)
                    : forward_planes<scalar_t, pos_t, true>(args);
           } else {
@@ -1084,7 +1197,11 @@ void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& positi
               ImageView<const scalar_t>(grad_output), ImageView<const pos_t>(positions),
               ImageView<scalar_t>(grad_input), grad_input.size(0), grad_input.size(1),
               axes.first, axes.second};
-          pixels ? backward_pixels(args) : backward_planes(args);
+          if constexpr (std::is_same_v<pos_t, int64_t>) {
+            backward_wide(args);
+          } else {
+            pixels ? backward_pixels(args) : backward_planes(args);
+          }
         });
       });
 }

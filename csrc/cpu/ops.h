@@ -19,7 +19,8 @@ void lrn_backward(const at::Tensor& input, const at::Tensor& grad_output,
 
 // Max-pooling of (N, C, H, W) input into (N, C, OH, OW) output; positions, if given, receive
 // each winner's place in its window (kh * kernel_w + kw): uint8 for windows of at most
-// 256 taps, else int32. kernel_size, stride, padding, dilation are (h, w).
+// 256 taps, int32 for up to 2^31 - 1, else int64. kernel_size, stride, padding, dilation
+// are (h, w).
 void max_pool2d_forward(const at::Tensor& input, const at::Tensor& output,
                         const std::optional<at::Tensor>& positions, at::IntArrayRef kernel_size,
                         at::IntArrayRef stride, at::IntArrayRef padding,

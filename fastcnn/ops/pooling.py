@@ -18,8 +18,10 @@ from fastcnn import backends
 from fastcnn.ops._custom_op import custom_op
 from fastcnn.ops.layout import channel_view, channel_view_or_copy, is_channels_last
 
-# Windows of more taps than one byte can number keep int32 positions.
+# Windows of more taps than one byte can number keep int32 positions, and those of more
+# than int32 can number (kernel sizes near 2^31) int64.
 _MAX_BYTE_POSITIONS = 256
+_MAX_INT32_POSITIONS = 2**31 - 1
 
 
 def pooled_size(size, kernel, stride, padding, dilation, ceil_mode):
@@ -35,7 +37,9 @@ def pooled_size(size, kernel, stride, padding, dilation, ceil_mode):
 def positions_dtype(kernel_size):
     """The dtype of the winners' positions for a window of kernel_size taps."""
     taps = kernel_size[0] * kernel_size[1]
-    return torch.uint8 if taps <= _MAX_BYTE_POSITIONS else torch.int32
+    if taps <= _MAX_BYTE_POSITIONS:
+        return torch.uint8
+    return torch.int32 if taps <= _MAX_INT32_POSITIONS else torch.int64
 
 
 def _empty_pooled(input, out_h, out_w, dtype=None, channels_last=None):

@@ -3,8 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (NON_CONTIGUOUS, VIEW_LAYOUTS, assert_close_to_reference,
-                     check_compiled_model_matches_eager, randn, strided_view)
+from helpers import (NON_CONTIGUOUS, OTHER_LAYOUTS, VIEW_LAYOUTS,
+                     assert_close_to_reference, check_compiled_model_matches_eager, randn,
+                     strided_view)
 
 import fastcnn
 from fastcnn import backends
@@ -230,3 +231,26 @@ def test_cpp_entry_point_allocates_the_layout_it_is_told(channels_last):
                            torch.contiguous_format)
     assert y.shape == (2, 3, 1, 1) and y.stride() == expected.stride()
     torch.testing.assert_close(y, x.mean(dim=(2, 3), keepdim=True))
+
+
+@pytest.mark.parametrize("layout", OTHER_LAYOUTS.keys())
+def test_kernels_refuse_tensors_that_are_not_strided(layout):
+    """mkldnn and sparse tensors have no strides to read: a clear error naming the
+    argument from the C++ and Triton entry points, never a crash."""
+    make = OTHER_LAYOUTS[layout]
+    x, y = randn(2, 3, 16), torch.empty(2, 3, 1)
+    with pytest.raises(RuntimeError, match="input must be a strided"):
+        backends.kernels("cpp").global_avg_pool2d(make(randn(2, 3, 4, 4)), False)
+    for name in ("cpp", "triton"):
+        if not backends.info()["backends"][name]["available"]:
+            continue
+        kernels = backends.kernels(name)
+        error = RuntimeError if name == "cpp" else ValueError
+        for call, argument in [
+            (lambda: kernels.global_avg_pool2d_forward(make(x), y), "input"),
+            (lambda: kernels.global_avg_pool2d_forward(x, make(y)), "output"),
+            (lambda: kernels.global_avg_pool2d_backward(make(y), x.clone()), "grad_output"),
+            (lambda: kernels.global_avg_pool2d_backward(y, make(x)), "grad_input"),
+        ]:
+            with pytest.raises(error, match=f"{argument} must be a strided"):
+                call()

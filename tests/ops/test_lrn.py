@@ -3,8 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (NON_CONTIGUOUS, VIEW_LAYOUTS, assert_close_to_reference,
-                     check_compiled_model_matches_eager, randn, strided_view)
+from helpers import (NON_CONTIGUOUS, OTHER_LAYOUTS, VIEW_LAYOUTS,
+                     assert_close_to_reference, check_compiled_model_matches_eager, randn,
+                     strided_view)
 
 import fastcnn
 from fastcnn import backends
@@ -322,3 +323,46 @@ def test_cpp_entry_points_refuse_outputs_that_share_memory_with_inputs():
     grad = channel_view(randn(2, 4, 5, 5))
     with pytest.raises(RuntimeError, match="grad_input must not share memory with grad_output"):
         backends.kernels("cpp").lrn_backward(x, grad, grad, 3, 1e-4, 0.75, 1.0)
+
+
+@pytest.mark.parametrize("size", [2**31 + 1, 2**62], ids=["2^31+1", "2^62"])
+def test_window_wider_than_all_channels(backend_device, size):
+    """A window of more than 2C - 1 channels sums all of them at every channel: torch's LRN
+    of size 2C + 1 with alpha scaled to keep alpha / size, the same function."""
+    backend, device = backend_device
+    x = randn(2, 5, 3, 4, dtype=torch.float64, device=device)
+    grad = randn(2, 5, 3, 4, dtype=torch.float64, device=device)
+    alpha, beta, k = 0.3, 0.75, 1.5
+    y = fastcnn.ops.lrn_forward(x, size, alpha, beta, k, backend)
+    dx = fastcnn.ops.lrn_backward(x, grad, size, alpha, beta, k, backend)
+    x_ref = x.detach().clone().requires_grad_()
+    wide = 2 * x.shape[1] + 1
+    y_ref = F.local_response_norm(x_ref, wide, alpha * wide / size, beta, k)
+    y_ref.backward(grad)
+    assert_close_to_reference(y, y_ref, torch.float64, backend, device)
+    assert_close_to_reference(dx, x_ref.grad, torch.float64, backend, device)
+
+
+@pytest.mark.parametrize("layout", OTHER_LAYOUTS.keys())
+def test_kernels_refuse_tensors_that_are_not_strided(layout):
+    """mkldnn and sparse tensors have no strides to read: a clear error naming the
+    argument from the C++ and Triton entry points, never a crash."""
+    make = OTHER_LAYOUTS[layout]
+    x, g = randn(2, 4, 25), randn(2, 4, 25)
+    for name in ("cpp", "triton"):
+        if not backends.info()["backends"][name]["available"]:
+            continue
+        kernels = backends.kernels(name)
+        error = RuntimeError if name == "cpp" else ValueError
+        for call, argument in [
+            (lambda: kernels.lrn_forward(make(x), torch.empty_like(x), 3, 1e-4, 0.75, 1.0),
+             "input"),
+            (lambda: kernels.lrn_forward(x, make(torch.empty_like(x)), 3, 1e-4, 0.75, 1.0),
+             "output"),
+            (lambda: kernels.lrn_backward(x, make(g), torch.empty_like(x), 3, 1e-4, 0.75, 1.0),
+             "grad_output"),
+            (lambda: kernels.lrn_backward(x, g, make(torch.empty_like(x)), 3, 1e-4, 0.75, 1.0),
+             "grad_input"),
+        ]:
+            with pytest.raises(error, match=f"{argument} must be a strided"):
+                call()

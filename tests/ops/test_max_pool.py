@@ -3,12 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (NON_CONTIGUOUS, assert_close_to_reference,
+from helpers import (NON_CONTIGUOUS, OTHER_LAYOUTS, assert_close_to_reference,
                      check_compiled_model_matches_eager, randn)
 
 import fastcnn
 from fastcnn import backends
 from fastcnn.functional import max_pool2d
+from fastcnn.kernels.reference import window_positions_to_indices
 
 
 def run_both(x, *args, grad=None):
@@ -208,6 +209,47 @@ def test_large_windows_keep_int32_positions(backend_device):
     assert positions.dtype == torch.int32
 
 
+# Extreme but legal arguments (each may be up to 2^31 - 1): no buffer or loop may be sized
+# by them beyond the input and output. (kernel, stride, padding, dilation, ceil_mode)
+EXTREME_CASES = {
+    "stride-1e9": (2, 10**9, 0, 1, False),
+    "stride-1e9-ceil-padded": (2, 10**9, 1, 1, True),
+    "largest-stride": (3, 2**31 - 1, 1, 1, True),
+    "dilation-2^30": (2, 2**31 - 1, 0, 2**30, True),
+    "window-of-2^32-taps": (65537, 1, 32768, 1, False),  # int64 positions
+    "window-of-2^32-taps-strided": (65537, 65536, 32768, 1, True),
+}
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", EXTREME_CASES.values(), ids=EXTREME_CASES.keys())
+def test_extreme_arguments_match_torch(backend_device, case, channels_last):
+    """The custom ops themselves (the functional layer's checks aside): values, indices and
+    gradient as torch's."""
+    backend, device = backend_device
+    if backend == "triton" and device == "cpu" and channels_last:
+        pytest.skip("the interpreter takes seconds per call; NCHW covers the launcher")
+    kernel, stride, padding, dilation, ceil_mode = case
+    pool = [[v, v] for v in (kernel, stride, padding, dilation)]
+    x = randn(2, 3, 8, 7, dtype=torch.float64, device=device, channels_last=channels_last)
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref, indices_ref = F.max_pool2d(x_ref, kernel, stride, padding, dilation, ceil_mode,
+                                      return_indices=True)
+    grad = randn(*y_ref.shape, dtype=torch.float64, device=device)
+    y_ref.backward(grad)
+
+    y = fastcnn.ops.max_pool2d(x, *pool, ceil_mode, backend)
+    y_p, positions = fastcnn.ops.max_pool2d_with_positions(x, *pool, ceil_mode, backend)
+    dx = fastcnn.ops.max_pool2d_backward(grad, positions, 8, 7, *pool, channels_last, backend)
+    assert torch.equal(y, y_ref.detach()) and torch.equal(y_p, y_ref.detach())
+    assert torch.equal(window_positions_to_indices(positions, (8, 7), *pool[:2], *pool[2:]),
+                       indices_ref)
+    assert_close_to_reference(dx, x_ref.grad, torch.float64, backend, device)
+    taps = kernel * kernel
+    assert positions.dtype == (torch.uint8 if taps <= 256 else
+                               torch.int32 if taps < 2**31 else torch.int64)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_low_precision_against_float64(backend_device, dtype, channels_last):
@@ -392,3 +434,32 @@ def test_cpp_entry_points_check_their_tensors():
     with pytest.raises(RuntimeError, match="positions must be Byte"):
         kernels.max_pool2d_forward(x, torch.empty(2, 3, 4, 4),
                                    torch.empty(2, 3, 4, 4, dtype=torch.int64), *pool)
+
+
+@pytest.mark.parametrize("layout", OTHER_LAYOUTS.keys())
+def test_kernels_refuse_tensors_that_are_not_strided(layout):
+    """mkldnn and sparse tensors have no strides to read: a clear error naming the
+    argument, from the C++ and Triton entry points (the custom op must not crash either)."""
+    make = OTHER_LAYOUTS[layout]
+    x = randn(2, 3, 9, 9)
+    y, p = torch.empty(2, 3, 4, 4), torch.empty(2, 3, 4, 4, dtype=torch.uint8)
+    pool = ((3, 3), (2, 2), (0, 0), (1, 1))
+    names = list(backends.info()["backends"])
+    for name in ("cpp", "triton"):
+        if name not in names or not backends.info()["backends"][name]["available"]:
+            continue
+        kernels = backends.kernels(name)
+        error = RuntimeError if name == "cpp" else ValueError
+        for call, argument in [
+            (lambda: kernels.max_pool2d_forward(make(x), y, None, *pool), "input"),
+            (lambda: kernels.max_pool2d_forward(x, make(y), p, *pool), "output"),
+            (lambda: kernels.max_pool2d_forward(x, y, p.to_sparse(), *pool), "positions"),
+            (lambda: kernels.max_pool2d_backward(make(y), p, x.clone(), *pool), "grad_output"),
+            (lambda: kernels.max_pool2d_backward(y, p.to_sparse(), x.clone(), *pool),
+             "positions"),
+            (lambda: kernels.max_pool2d_backward(y, p, make(x), *pool), "grad_input"),
+        ]:
+            with pytest.raises(error, match=f"{argument} must be a strided"):
+                call()
+    with pytest.raises(RuntimeError):
+        fastcnn.ops.max_pool2d(make(x), *map(list, pool), False, "cpp")

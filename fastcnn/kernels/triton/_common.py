@@ -66,7 +66,17 @@ def tile_pointers(ptr, image, channels, positions, stride_n, stride_c, stride_s)
             positions.to(tl.int64)[None, :] * stride_s)
 
 
+def check_strided(name, t):
+    """t is an ordinary dense tensor: the kernels read it through its data pointer and
+    strides, which other layouts (mkldnn, sparse) do not have."""
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a strided (dense) tensor, got layout {t.layout} "
+                         f"(convert it with .to_dense() first)")
+
+
 def check_dims(name, t, dims):
+    """t is a strided tensor of dims dimensions."""
+    check_strided(name, t)
     if t.dim() != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(t.shape)}")
 

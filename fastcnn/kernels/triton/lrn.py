@@ -23,8 +23,9 @@ contiguous one of the tile.
 import triton
 import triton.language as tl
 
-from fastcnn.kernels.triton._common import (acc_dtype, channel_tile, on_device_of,
-                                             tile_coordinates, tile_grid, tile_pointers)
+from fastcnn.kernels.triton._common import (acc_dtype, channel_tile, check_strided,
+                                             on_device_of, tile_coordinates, tile_grid,
+                                             tile_pointers)
 
 # How s^beta is computed, fixed at compile time (see _power).
 _BETA_ZERO = tl.constexpr(0)
@@ -234,6 +235,8 @@ def _clipped_window(size, channels):
 
 def lrn_forward(input, output, size, alpha, beta, k):
     """Writes LRN(input) into output; both are (N, C, S) views with any strides."""
+    check_strided("input", input)
+    check_strided("output", output)
     if input.numel() == 0:
         return
     grid, options = _launch_settings(input)
@@ -246,6 +249,8 @@ def lrn_forward(input, output, size, alpha, beta, k):
 
 def lrn_backward(input, grad_output, grad_input, size, alpha, beta, k):
     """Writes dL/dinput into grad_input from input and grad_output; (N, C, S) views."""
+    for name, t in (("input", input), ("grad_output", grad_output), ("grad_input", grad_input)):
+        check_strided(name, t)
     if input.numel() == 0:
         return
     grid, options = _launch_settings(input)
