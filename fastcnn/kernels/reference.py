@@ -24,16 +24,9 @@ def _channel_window_sum(v, before, after):
     return padded.unfold(1, before + after + 1, 1).sum(-1).view(v.shape)
 
 
-def _clipped(reach, channels):
-    """A window's reach on one side, clipped: a neighbour further than C - 1 is padding."""
-    return min(reach, max(channels - 1, 0))
-
-
 def _lrn_scale(x, size, alpha, k):
     """s = k + alpha / size * (sum of x^2 over the window of each channel)."""
-    c = x.shape[1]
-    return k + alpha / size * _channel_window_sum(x * x, _clipped(size // 2, c),
-                                                  _clipped((size - 1) // 2, c))
+    return k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
 
 
 def lrn_grad_input(input, grad_output, size, alpha, beta, k):
@@ -46,9 +39,7 @@ def lrn_grad_input(input, grad_output, size, alpha, beta, k):
     coef = 2 * alpha * beta / size
     if coef == 0:  # no cross term (as torch.pow's gradient for beta == 0), even where s == 0
         return g_over_q
-    c = x.shape[1]
-    t_sum = _channel_window_sum(g_over_q * x / s, _clipped((size - 1) // 2, c),
-                                _clipped(size // 2, c))
+    t_sum = _channel_window_sum(g_over_q * x / s, (size - 1) // 2, size // 2)
     return g_over_q - coef * x * t_sum
 
 

@@ -9,7 +9,6 @@ float64, with the tolerances of tests/helpers.py).
 import contextlib
 import math
 
-import pytest
 import torch
 from helpers import VIEW_LAYOUTS, assert_close_to_reference, strided_view, tolerance
 from hypothesis import event, settings
@@ -166,18 +165,6 @@ def assert_refused(fn, torch_error):
                          "fastcnn did not raise")
 
 
-def expect_known(reason, check):
-    """Runs check() for a configuration where fastcnn and torch are known to differ (being
-    fixed elsewhere): its failure is expected and noted as a hypothesis event, not raised.
-    The xfail tests demand torch's behaviour for these."""
-    try:
-        check()
-    except Exception:  # noqa: BLE001
-        event(f"known mismatch (still differs): {reason}")
-    else:
-        event(f"known mismatch (now matches): {reason}")
-
-
 def assert_close(actual, expected, dtype, backend, convolution=False):
     """actual against the float64 expected rounded to `dtype` (the best `dtype` can hold:
     inf where the value is past its range)."""
@@ -187,10 +174,6 @@ def assert_close(actual, expected, dtype, backend, convolution=False):
 
 def tolerance_of(dtype, backend, convolution=False):
     return tolerance(dtype, backend, "cpu", convolution)
-
-
-def xfail_known(reason):
-    return pytest.mark.xfail(reason=f"known mismatch, being fixed: {reason}", strict=False)
 
 
 def event_within_torch(actual, expected, torch_same_dtype, dtype, backend,

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fuzz_strategies import (CPU_BACKENDS, FLOAT_DTYPES, VALUE_KINDS, assert_close,
-                             assert_refused, expect_known, extreme, int_or_pair, layouts,
+                             assert_refused, extreme, int_or_pair, layouts,
                              make_tensor, on_backend, sizes, small_or_huge, torch_outcome,
-                             triton_settings, weighted, xfail_known)
+                             triton_settings, weighted)
 from hypothesis import given, note
 from hypothesis import strategies as st
 
@@ -90,17 +90,6 @@ def cases(draw):
         return_indices=draw(st.booleans()), requires_grad=draw(st.booleans()))
 
 
-def _values(arg):
-    if isinstance(arg, (tuple, list)):
-        return [v for v in arg if isinstance(v, int)]
-    return [arg] if isinstance(arg, int) and not isinstance(arg, bool) else []
-
-
-def _largest_argument(case):
-    return max([abs(v) for a in (case.kernel_size, case.stride, case.padding, case.dilation)
-                for v in _values(a)], default=0)
-
-
 def _axis(arg, d):
     """The value of a pooling argument along axis d (0: height, 1: width)."""
     return arg if isinstance(arg, int) else arg[d if len(arg) == 2 else 0]
@@ -139,14 +128,7 @@ def check(case, backend):
         _, error = torch_outcome(lambda _: ours())
         assert error is None or str(error)
         return
-    try:
-        result = ours()
-    except MemoryError:
-        if _largest_argument(case) >= 2**20:
-            # extreme but legal values: the C++ kernel allocates for the window (being fixed)
-            return expect_known("MemoryError for a huge legal argument", lambda: 1 / 0)
-        raise
-    compare(case, x, result, backend)
+    compare(case, x, ours(), backend)
 
 
 def compare(case, x, result, backend):
@@ -204,7 +186,6 @@ def test_refuses_what_torch_cannot_convert_to_int(args, backend="cpp"):  # refer
         assert_refused(lambda: max_pool2d(x, **args), torch_error)
 
 
-@xfail_known("the C++ kernel raises MemoryError for extreme but legal values")
 @pytest.mark.parametrize("args", EXTREME_LEGAL.values(), ids=EXTREME_LEGAL.keys())
 def test_extreme_legal_arguments(args):
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
