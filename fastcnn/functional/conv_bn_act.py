@@ -95,24 +95,25 @@ def _check_modules(conv, bn, relu):
 
 
 def _fused_batch_norm(bn):
-    """Whether the kernels stand in for bn: a BatchNorm2d (or a lazy one) whose forward is
-    BatchNorm's own. BatchNorm1d/3d, SyncBatchNorm and subclasses with their own forward
-    (a fused activation, say) run that forward."""
-    return (isinstance(bn, (torch.nn.BatchNorm2d, torch.nn.LazyBatchNorm2d))
-            and type(bn).forward is _BatchNorm.forward)
+    """Whether the kernels stand in for bn: a BatchNorm2d whose forward is BatchNorm's own.
+    BatchNorm1d/3d, SyncBatchNorm, subclasses with their own forward (a fused activation,
+    say) and a LazyBatchNorm2d before its first call (which makes it a BatchNorm2d) run
+    their own forward."""
+    return isinstance(bn, torch.nn.BatchNorm2d) and type(bn).forward is _BatchNorm.forward
 
 
 def _check_batch_norm(bn, y, batch_statistics):
     """What torch.nn.BatchNorm2d refuses, refused here with its reasons."""
     if y.dim() != 4:
         raise ValueError(f"bn expected 4D input (got {y.dim()}D input): x must be (N, C, H, W)")
-    if bn.num_features != y.shape[1]:
-        raise ValueError(f"bn.num_features ({bn.num_features}) must equal the convolution's "
-                         f"output channels ({y.shape[1]})")
     for name in ("weight", "bias", "running_mean", "running_var"):
         t = getattr(bn, name)
         if t is None:
             continue
+        if t.shape != (y.shape[1],):
+            raise ValueError(f"bn.{name} has shape {tuple(t.shape)}, expected one value per "
+                             f"channel of the convolution's output ({y.shape[1]}): check "
+                             f"bn.num_features ({bn.num_features})")
         if t.device != y.device:
             raise RuntimeError(f"bn.{name} is on {t.device}, the convolution's output on "
                                f"{y.device}: they must be on one device")
@@ -173,15 +174,13 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
     own forward (any stride, padding, padding mode, dilation, groups, bias; hooks run).
     What the kernels do not take runs as eager runs it, with eager's results and errors:
     a BatchNorm other than BatchNorm2d's own forward (BatchNorm1d/3d, SyncBatchNorm, a
-    subclass with its own forward), an empty convolution output or one of another dtype
+    subclass with its own forward, a lazy one's first call), an empty convolution output or one of another dtype
     or layout, and a residual that is not a tensor of the output's shape and dtype (it is
     added after BatchNorm).
     """
     _check_modules(conv, bn, relu)
     check_tensor("x", x)
     y = conv(x)
-    if isinstance(bn, torch.nn.LazyBatchNorm2d) and bn.has_uninitialized_params():
-        bn.initialize_parameters(y)  # as its first forward would
     if not (_fused_batch_norm(bn) and kernels_take(y)) or y.numel() == 0:
         z = bn(y)
         return _activate(z if residual is None else z + residual, relu)

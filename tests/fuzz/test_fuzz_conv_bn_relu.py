@@ -222,7 +222,11 @@ def compare(case, conv, bn, x, residual, backend):
         if g is not None:
             # a gradient in a coarser dtype than x's (a float32 residual's) has its rounding
             precision = max(case.dtype, g.dtype, key=lambda d: torch.finfo(d).eps)
-            event_within_torch(g, g64, g_lp, precision, backend, relative_to_largest=True)
+            # with batch statistics the conv bias's gradient is exactly 0 in exact
+            # arithmetic: both sides give the rounding noise of a sum that cancels
+            noise = name == "conv.bias" and (case.train or not case.track_running_stats)
+            event_within_torch(g, g64, g_lp, precision, backend, relative_to_largest=True,
+                               torch_factor=4 if noise else 2)
     for name in ("running_mean", "running_var"):
         ours, theirs = getattr(bn, name), getattr(bn64, name)
         assert (ours is None) == (theirs is None), name

@@ -528,7 +528,7 @@ def _modules():
     [
         (lambda: conv_bn_relu([[1.0]], *_modules()), TypeError, ["x", "Tensor"]),
         (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6), _modules()[0], nn.BatchNorm2d(5)),
-         ValueError, ["bn", "num_features", "output channels"]),
+         ValueError, ["bn.weight", "num_features", "channel"]),
         (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6), nn.Linear(4, 6), nn.BatchNorm2d(6)),
          TypeError, ["conv", "Conv2d"]),
         (lambda: conv_bn_relu(torch.randn(2, 4, 6, 6), _modules()[0], nn.LayerNorm(6)),
