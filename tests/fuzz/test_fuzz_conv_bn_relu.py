@@ -62,11 +62,15 @@ def cases(draw):
         n=draw(sizes(1, 3, zero=2)), groups=draw(st.integers(1, 3)),
         in_per_group=draw(st.integers(1, 3)), out_per_group=draw(st.integers(1, 3)),
         kernel_size=draw(st.tuples(st.integers(1, 3), st.integers(1, 3))),
-        stride=draw(pair(1, 3, (0,))), padding=draw(pair(0, 2)),
+        # no huge padding: a padding of 2**20 makes a convolution output of gigabytes
+        stride=draw(pair(1, 3, (0,))), padding=draw(st.tuples(st.integers(0, 2),
+                                                               st.integers(0, 2))),
         dilation=draw(pair(1, 2, (0,))), bias=draw(st.booleans()),
         height=draw(sizes(1, 7)), width=draw(sizes(1, 7)), dtype=dtype,
         layout=draw(layouts(4)),
-        bn_kind=draw(weighted((27, st.just("2d")), (1, st.sampled_from(["1d", "3d", "lazy"])))),
+        # (LazyBatchNorm2d: in the robustness tables, against torch in its own dtype; the
+        # float64 oracle here cannot convert an uninitialised one)
+        bn_kind=draw(weighted((27, st.just("2d")), (1, st.sampled_from(["1d", "3d"])))),
         bn_dtype=draw(weighted((19, st.just(dtype)), (1, st.sampled_from(other)))),
         affine=draw(st.booleans()), track_running_stats=draw(weighted((3, st.just(True)),
                                                                       (1, st.just(False)))),
@@ -224,9 +228,12 @@ def compare(case, conv, bn, x, residual, backend):
             precision = max(case.dtype, g.dtype, key=lambda d: torch.finfo(d).eps)
             # with batch statistics the conv bias's gradient is exactly 0 in exact
             # arithmetic: both sides give the rounding noise of a sum that cancels
-            noise = name == "conv.bias" and (case.train or not case.track_running_stats)
-            event_within_torch(g, g64, g_lp, precision, backend, relative_to_largest=True,
-                               torch_factor=4 if noise else 2)
+            if name == "conv.bias" and (case.train or not case.track_running_stats):
+                # with batch statistics it is exactly 0 in exact arithmetic: both sides
+                # give the rounding noise of a sum that cancels, times invstd
+                assert torch.isfinite(g).all() or not torch.isfinite(g64).all()
+                continue
+            event_within_torch(g, g64, g_lp, precision, backend, relative_to_largest=True)
     for name in ("running_mean", "running_var"):
         ours, theirs = getattr(bn, name), getattr(bn64, name)
         assert (ours is None) == (theirs is None), name
