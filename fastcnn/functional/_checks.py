@@ -24,9 +24,6 @@ def kernels_take(t):
 def check_feature_map(name, value, min_dim):
     """A floating-point tensor (N, C, *) with at least `min_dim` dimensions."""
     check_tensor(name, value)
-    if value.layout != torch.strided or value.is_nested:
-        raise TypeError(f"{name} must be a strided (dense) tensor, got layout {value.layout}"
-                        f"{' (nested)' if value.is_nested else ''}; .to_dense() gives one")
     if value.dim() < min_dim:
         raise ValueError(
             f"{name} must have at least {min_dim} dimensions (N, C, ...), got a "

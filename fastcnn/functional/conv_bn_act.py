@@ -174,9 +174,9 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
     own forward (any stride, padding, padding mode, dilation, groups, bias; hooks run).
     What the kernels do not take runs as eager runs it, with eager's results and errors:
     a BatchNorm other than BatchNorm2d's own forward (BatchNorm1d/3d, SyncBatchNorm, a
-    subclass with its own forward, a lazy one's first call), an empty convolution output or one of another dtype
-    or layout, and a residual that is not a tensor of the output's shape and dtype (it is
-    added after BatchNorm).
+    subclass with its own forward, a lazy one's first call), an empty convolution output
+    or one of another dtype or layout, and a residual that is not a tensor of the output's
+    shape and dtype (it is added after BatchNorm).
     """
     _check_modules(conv, bn, relu)
     check_tensor("x", x)
