@@ -83,4 +83,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("shift"), py::arg("mean"), py::arg("invstd"), py::arg("sum_dz"),
         py::arg("sum_dz_xhat"), py::arg("grad_input"), py::arg("grad_residual"), py::arg("relu"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("concat_forward", &fastcnn::cpu::concat_forward,
+        "Concatenation of inputs along dim into output (any strides, any dtype).",
+        py::arg("inputs"), py::arg("output"), py::arg("dim"),
+        py::call_guard<py::gil_scoped_release>());
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <optional>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -63,5 +64,11 @@ void batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& in
                              const at::Tensor& invstd, const at::Tensor& sum_dz,
                              const at::Tensor& sum_dz_xhat, const at::Tensor& grad_input,
                              const std::optional<at::Tensor>& grad_residual, bool relu);
+
+// Concatenation (torch.cat) of inputs along dim into output, preallocated with any strides:
+// each input is copied, as bytes, into output.narrow(dim, offset, its size along dim); the
+// inputs have output's dtype and rank and its sizes outside dim.
+void concat_forward(const std::vector<at::Tensor>& inputs, const at::Tensor& output,
+                    int64_t dim);
 
 }  // namespace fastcnn::cpu

@@ -187,3 +187,12 @@ def channel_affine_act_training(y, scale, shift, residual, relu):
     r = None if residual is None else residual.flatten(2)
     v = _pre_activation(y.flatten(2), scale, shift, r).view(y.shape)
     return (torch.relu(v) if relu else v).to(y.dtype)
+
+
+def concat_forward(inputs, output, dim):
+    """Copies each input into its slice of output along dim, in order (torch.cat into a
+    preallocated output of any strides)."""
+    offset = 0
+    for t in inputs:
+        output.narrow(dim, offset, t.shape[dim]).copy_(t)
+        offset += t.shape[dim]

@@ -8,6 +8,7 @@ from fastcnn.ops.conv_bn_relu import (
     channel_affine_act,
     channel_affine_act_,
 )
+from fastcnn.ops.concat import concat_forward
 from fastcnn.ops.lrn import lrn_backward, lrn_forward
 from fastcnn.ops.pooling import (global_avg_pool2d, global_avg_pool2d_backward, max_pool2d,
                                  max_pool2d_backward, max_pool2d_with_positions)
@@ -18,6 +19,7 @@ __all__ = [
     "batch_norm_stats",
     "channel_affine_act",
     "channel_affine_act_",
+    "concat_forward",
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
     "lrn_backward",

@@ -40,6 +40,9 @@ def _samples(device, channels_last):
         (ops.batch_norm_stats, (y3,)),
         (ops.batch_norm_act_backward_reduce, (g3, y3, r3, v[0], v[1], v[2], v[3], True)),
         (ops.batch_norm_act_backward, (g3, y3, r3, *v, True, True)),
+        # inputs of x's layout, a slice, and a (0,) tensor that torch.cat skips
+        (ops.concat_forward, ([x, x[:, :2], x.new_empty(0)], 1)),
+        (ops.concat_forward, ([x.transpose(2, 3), x.transpose(2, 3)], 0)),
     ]
 
 

@@ -24,6 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from fastcnn.kernels.triton import conv_bn_relu, global_avg_pool, lrn, max_pool
+from fastcnn.kernels.triton import concat
 
 ACC_DTYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
               "fp64": tl.float64}
@@ -150,7 +151,22 @@ def conv_bn_relu_variants(fn):
     yield Variant("fp32", options(BLOCK_C=64, BLOCK_S=32), "i64", pointers=pointers("fp32"))
 
 
+def concat_variants():
+    # every copy unit with 16-byte vectors; unaligned; every row dimension; many inputs
+    def options(unit, vec=1, outer_rank=1, inputs_block=4, blocks=(4, 1024)):
+        return {"UNIT": unit, "OUTER_RANK": outer_rank, "VEC": vec, "INPUTS_BLOCK": inputs_block,
+                "BLOCK_R": blocks[0], "BLOCK_L": blocks[1]}
+
+    table = (("table_ptr", "*i64"),)
+    for unit in (tl.int8, tl.int16, tl.int32, tl.int64):
+        yield Variant("fp32", options(unit, vec=128 // unit.primitive_bitwidth), pointers=table)
+    yield Variant("fp32", options(tl.int16, blocks=(32, 128)), pointers=table)
+    yield Variant("fp32", options(tl.int32, 4, concat._MAX_OUTER, 1, (64, 64)), pointers=table)
+    yield Variant("fp32", options(tl.int64, 1, 2, 1024, (4096, 1)), "i64", pointers=table)
+
+
 KERNELS = [
+    (concat._concat_kernel, concat_variants),
     (lrn._lrn_forward_kernel, lrn_variants),
     (lrn._lrn_backward_kernel, lrn_variants),
     (max_pool._max_pool2d_forward_kernel, max_pool_forward_variants),

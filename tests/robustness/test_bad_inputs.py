@@ -10,7 +10,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-TABLES = ["cases_max_pool", "cases_global_avg_pool", "cases_lrn", "cases_conv_bn_relu"]
+TABLES = ["cases_max_pool", "cases_global_avg_pool", "cases_lrn", "cases_conv_bn_relu",
+          "cases_concat"]
 MIN_CASES = 50  # the robustness issue's bar per op
 
 

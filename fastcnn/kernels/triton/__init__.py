@@ -1,6 +1,7 @@
 """Triton kernels. Importing this package defines them, so TRITON_INTERPRET=1 must be set
 before it is imported for them to run on CPU tensors."""
 
+from fastcnn.kernels.triton.concat import concat_forward
 from fastcnn.kernels.triton.conv_bn_relu import (
     batch_norm_act_backward,
     batch_norm_act_backward_reduce,
@@ -22,6 +23,7 @@ __all__ = [
     "batch_norm_act_backward_reduce",
     "batch_norm_stats",
     "channel_affine_act",
+    "concat_forward",
     "global_avg_pool2d_backward",
     "global_avg_pool2d_forward",
     "lrn_backward",
