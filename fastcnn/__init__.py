@@ -3,7 +3,7 @@ the numbers of native PyTorch."""
 
 __version__ = "0.1.0"
 
-from fastcnn import backends, functional, nn, ops  # noqa: E402
+from fastcnn import backends, functional, models, nn, ops  # noqa: E402
 from fastcnn.backends import use_backend  # noqa: E402
 
-__all__ = ["__version__", "backends", "functional", "nn", "ops", "use_backend"]
+__all__ = ["__version__", "backends", "functional", "models", "nn", "ops", "use_backend"]

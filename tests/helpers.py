@@ -101,3 +101,19 @@ OTHER_LAYOUTS = {
     "mkldnn": lambda t: t.float().to_mkldnn(),
     "sparse": lambda t: t.to_sparse(),
 }
+
+
+def randomise_batch_norms(module, scale=1.0):
+    """Every BatchNorm of module with random parameters and running statistics (weight in
+    [0.5, 1.5), running_var in [0.5, 1.5), bias and running_mean normal with std `scale`),
+    so that no test passes on the defaults' identity map. Returns module."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                if m.weight is not None:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, scale)
+                if m.running_mean is not None:
+                    m.running_mean.normal_(0, scale)
+                    m.running_var.uniform_(0.5, 1.5)
+    return module

@@ -1,8 +1,10 @@
 """Public functions, one per op, each behind its own torch.autograd.Function."""
 
+from fastcnn.functional.bn_relu_conv import bn_relu_conv
 from fastcnn.functional.concat import concat
-from fastcnn.functional.conv_bn_act import conv_bn_relu
+from fastcnn.functional.conv_bn_act import bn_relu, conv_bn_relu
 from fastcnn.functional.lrn import local_response_norm
 from fastcnn.functional.pooling import global_avg_pool2d, max_pool2d
 
-__all__ = ["concat", "conv_bn_relu", "global_avg_pool2d", "local_response_norm", "max_pool2d"]
+__all__ = ["bn_relu", "bn_relu_conv", "concat", "conv_bn_relu", "global_avg_pool2d",
+           "local_response_norm", "max_pool2d"]

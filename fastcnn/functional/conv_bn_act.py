@@ -20,7 +20,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastcnn import backends, ops
 from fastcnn.functional._checks import check_tensor, kernels_take
-from fastcnn.functional.conv_bn_training import BatchNormActTrainingFunction, scale_and_shift
+from fastcnn.functional._into import copy_into, wants_grad
+from fastcnn.functional.conv_bn_training import (BatchNormActTrainingFunction, affine_act,
+                                                 scale_and_shift)
 from fastcnn.kernels import reference
 from fastcnn.ops.conv_bn_relu import stat_dtype
 
@@ -35,8 +37,8 @@ class ChannelAffineActFunction(torch.autograd.Function):
     dL/dshift = sum dz, dL/dresidual = dz."""
 
     @staticmethod
-    def forward(ctx, y, scale, shift, residual, relu, backend):
-        z = ops.channel_affine_act(y, scale, shift, residual, relu, backend)
+    def forward(ctx, y, scale, shift, residual, relu, backend, into=None):
+        z = affine_act(y, scale, shift, residual, relu, backend, into)
         # y and the residual give the ReLU's mask again (eager keeps y and the ReLU output)
         ctx.save_for_backward(y, scale, shift, residual if relu else None)
         ctx.relu, ctx.backend = relu, backend
@@ -55,7 +57,7 @@ class ChannelAffineActFunction(torch.autograd.Function):
                 z = reference.channel_affine_act_training(y, scale, shift, residual, relu)
                 found = iter(torch.autograd.grad(z, wanted, grad_z, create_graph=True))
             grads = [None if t is None else next(found) for t in inputs]
-            return (*grads[:3], grads[3] if relu else grad_residual, None, None)
+            return (*grads[:3], grads[3] if relu else grad_residual, None, None, None)
         zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
         grad_y = grad_scale = grad_shift = None
         if need[1] or need[2]:
@@ -67,7 +69,7 @@ class ChannelAffineActFunction(torch.autograd.Function):
                 need[3] and relu, ctx.backend)
             if dz:
                 grad_residual = dz[0]
-        return grad_y, grad_scale, grad_shift, grad_residual, None, None
+        return grad_y, grad_scale, grad_shift, grad_residual, None, None, None
 
 
 def _running_affine(bn, dtype):
@@ -77,10 +79,14 @@ def _running_affine(bn, dtype):
     return scale_and_shift(bn.running_mean.to(dtype), invstd, bn.weight, bn.bias)
 
 
-def _inference(y, bn, relu, residual, backend):
+def _inference(y, bn, relu, residual, backend, into, fresh):
+    """Eval-mode BatchNorm: in place over y when it is fresh (a convolution's output made
+    here) and nothing is differentiated."""
     scale, shift = _running_affine(bn, stat_dtype(y.dtype))
-    if _wants_grad(y, scale, shift, residual):
-        return ChannelAffineActFunction.apply(y, scale, shift, residual, relu, backend)
+    if wants_grad(y, scale, shift, residual):
+        return ChannelAffineActFunction.apply(y, scale, shift, residual, relu, backend, into)
+    if into is not None or not fresh:
+        return affine_act(y, scale, shift, residual, relu, backend, into)
     ops.channel_affine_act_(y, scale, shift, residual, relu, backend)
     return y
 
@@ -88,6 +94,10 @@ def _inference(y, bn, relu, residual, backend):
 def _check_modules(conv, bn, relu):
     if not isinstance(conv, torch.nn.Conv2d):
         raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
+    _check_bn_and_relu(bn, relu)
+
+
+def _check_bn_and_relu(bn, relu):
     if not isinstance(bn, _BatchNorm):
         raise TypeError(f"bn must be a torch.nn.BatchNorm2d, got {type(bn).__name__}")
     if not isinstance(relu, bool):
@@ -161,10 +171,6 @@ def _update_running_stats(bn, mean, var, count):
         bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype) * factor)
 
 
-def _wants_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def conv_bn_relu(x, conv, bn, relu=True, residual=None):
     """relu(bn(conv(x)) + residual) for existing torch.nn.Conv2d and torch.nn.BatchNorm2d
     modules, with their numbers: batch statistics (and running-statistics updates) when bn
@@ -180,28 +186,60 @@ def conv_bn_relu(x, conv, bn, relu=True, residual=None):
     """
     _check_modules(conv, bn, relu)
     check_tensor("x", x)
-    y = conv(x)
+    return batch_norm_act(conv(x), bn, relu, residual, fresh=True)
+
+
+def bn_relu(x, bn, relu=True, residual=None):
+    """relu(bn(x) + residual) for an existing torch.nn.BatchNorm2d: conv_bn_relu without
+    the convolution (the pre-activation of DenseNet and pre-activation ResNets), on the
+    same kernels and with the same rules. x itself is never written."""
+    _check_bn_and_relu(bn, relu)
+    check_tensor("x", x)
+    return batch_norm_act(x, bn, relu, residual, fresh=False)
+
+
+def batch_norm_act(y, bn, relu, residual, into=None, fresh=False):
+    """bn_relu's work, without the argument checks: the result written into `into` (an
+    fastcnn.functional._into.Into) when given, and over y itself when y is `fresh` (made
+    by the caller, read by nobody else) and nothing is differentiated."""
     if not (_fused_batch_norm(bn) and kernels_take(y)) or y.numel() == 0:
         z = bn(y)
-        return _activate(z if residual is None else z + residual, relu)
+        return _finish(_activate(z if residual is None else z + residual, relu), into)
     if residual is not None and not _fused_residual(residual, y):
-        return _activate(_batch_norm(y, bn, False, None) + residual, relu)
-    return _batch_norm(y, bn, relu, residual)
+        z = _batch_norm(y, bn, False, None, None, fresh) + residual
+        return _finish(_activate(z, relu), into)
+    return _batch_norm(y, bn, relu, residual, into, fresh)
+
+
+def relu_into(y, into):
+    """relu(y) written into `into` (an Into): the end of a convolution + ReLU without
+    BatchNorm (the original GoogLeNet's), on the kernels of the eval-mode BatchNorm with
+    scale 1 and shift 0, which leave every value as it was."""
+    ones = torch.ones(y.shape[1], dtype=stat_dtype(y.dtype), device=y.device)
+    zeros = torch.zeros_like(ones)
+    backend = backends.select("conv_bn_relu", y)
+    if wants_grad(y):
+        return ChannelAffineActFunction.apply(y, ones, zeros, None, True, backend, into)
+    return affine_act(y, ones, zeros, None, True, backend, into)
+
+
+def _finish(z, into):
+    return z if into is None else copy_into(z, into)
 
 
 def _activate(z, relu):
     return torch.relu(z) if relu else z
 
 
-def _batch_norm(y, bn, relu, residual):
+def _batch_norm(y, bn, relu, residual, into, fresh):
     # BatchNorm's rule: batch statistics in training, or in eval without running ones
     batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
     _check_batch_norm(bn, y, batch_statistics)
     backend = backends.select("conv_bn_relu", y)
     if not batch_statistics:
-        return _inference(y, bn, relu, residual, backend)
+        return _inference(y, bn, relu, residual, backend, into, fresh)
     z, mean, var = BatchNormActTrainingFunction.apply(
-        y, bn.weight, bn.bias, residual, bn.eps, relu, backend)
+        y, bn.weight, bn.bias, residual, bn.eps, relu, backend, into)
     if bn.training and bn.track_running_stats:
         _update_running_stats(bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
     return z

@@ -30,19 +30,28 @@ def scale_and_shift(mean, invstd, bn_weight, bn_bias):
     return scale, shift
 
 
+def affine_act(y, scale, shift, residual, relu, backend, into=None):
+    """act(y * scale_c + shift_c (+ residual)) as a new tensor in y's layout, or written
+    into `into` (an fastcnn.functional._into.Into) and returned as the tensor there."""
+    if into is None:
+        return ops.channel_affine_act(y, scale, shift, residual, relu, backend)
+    ops.channel_affine_act_out(y, scale, shift, residual, relu, into.tensor, backend)
+    return into.tensor
+
+
 class BatchNormActTrainingFunction(torch.autograd.Function):
-    """Outputs z and the batch's per-channel mean and biased variance of y (for the running
-    statistics, which the caller updates)."""
+    """Outputs z (a new tensor, or the one of `into`) and the batch's per-channel mean and
+    biased variance of y (for the running statistics, which the caller updates)."""
 
     @staticmethod
-    def forward(ctx, y, bn_weight, bn_bias, residual, eps, relu, backend):
+    def forward(ctx, y, bn_weight, bn_bias, residual, eps, relu, backend, into=None):
         if y.numel() > 0:
             mean, var = ops.batch_norm_stats(y, backend)
         else:  # an empty batch: eager's output, and running statistics left alone
             mean = var = torch.zeros(y.shape[1], dtype=stat_dtype(y.dtype), device=y.device)
         invstd = torch.rsqrt(var + eps)
         scale, shift = scale_and_shift(mean, invstd, bn_weight, bn_bias)
-        z = ops.channel_affine_act(y, scale, shift, residual, relu, backend)
+        z = affine_act(y, scale, shift, residual, relu, backend, into)
         # The residual is kept only for the ReLU's mask; in a ResNet block it is the block's
         # input, kept by its first convolution anyway.
         ctx.save_for_backward(y, residual if relu else None, mean, invstd, bn_weight, bn_bias)
@@ -54,7 +63,7 @@ class BatchNormActTrainingFunction(torch.autograd.Function):
     def backward(ctx, grad_z, _grad_mean, _grad_var):
         y, residual, mean, invstd, bn_weight, bn_bias = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grads = [None] * 7
+        grads = [None] * 8
         if need[3] and not ctx.relu:
             grads[3] = grad_z  # the residual is added last
         if torch.is_grad_enabled():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fastcnn import backends, ops
 from fastcnn.functional._checks import MAX_INT32, check_feature_map, check_tensor, kernels_take
+from fastcnn.functional._into import copy_into
 from fastcnn.kernels import reference
 from fastcnn.ops.layout import is_channels_last
 from fastcnn.ops.pooling import pooled_size
@@ -82,12 +83,20 @@ def _pooling_arguments(input, kernel_size, stride, padding, dilation, ceil_mode)
 
 class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, kernel_size, stride, padding, dilation, ceil_mode, keep_positions):
+    def forward(ctx, input, kernel_size, stride, padding, dilation, ceil_mode, keep_positions,
+                into=None):
         backend = backends.select("max_pool2d", input)
         args = (kernel_size, stride, padding, dilation)
-        if not keep_positions:
+        if into is not None:  # into.tensor has the pooled size: ceil_mode is in it
+            output = into.tensor
+            if not keep_positions:
+                ops.max_pool2d_into(input, *args, output, backend)
+                return output, None
+            positions = ops.max_pool2d_with_positions_into(input, *args, output, backend)
+        elif not keep_positions:
             return ops.max_pool2d(input, *args, ceil_mode, backend), None
-        output, positions = ops.max_pool2d_with_positions(input, *args, ceil_mode, backend)
+        else:
+            output, positions = ops.max_pool2d_with_positions(input, *args, ceil_mode, backend)
         # Backward needs only where each window's maximum was: one byte per output (the
         # position in the window), not the input, the output or int64 indices.
         ctx.save_for_backward(positions)
@@ -110,7 +119,7 @@ class MaxPool2dFunction(torch.autograd.Function):
             grad_input = ops.max_pool2d_backward(grad_output, positions, *ctx.input_size,
                                                  *ctx.pool_args, ctx.channels_last,
                                                  ctx.backend)
-        return grad_input, None, None, None, None, None, None
+        return grad_input, None, None, None, None, None, None, None
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -140,6 +149,39 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             return output.squeeze(0), indices.squeeze(0)
         return output, indices
     return output.squeeze(0) if unbatched else output
+
+
+def max_pool2d_writes_into(input, return_indices=False):
+    """Whether max_pool2d_into writes straight into its destination: the kernels take
+    input, a batch (N, C, H, W), and no indices are asked for."""
+    return kernels_take(input) and input.dim() == 4 and not return_indices
+
+
+def max_pool2d_output_shape(input, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode=False):
+    """The shape of max_pool2d's output for a batch (N, C, H, W), its arguments checked as
+    max_pool2d checks them."""
+    _check_pooled_input(input)
+    args = _pooling_arguments(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return (*input.shape[:2], *(pooled_size(input.shape[2 + d], *(a[d] for a in args),
+                                            ceil_mode) for d in range(2)))
+
+
+def max_pool2d_into(input, into, kernel_size, stride=None, padding=0, dilation=1,
+                    ceil_mode=False):
+    """max_pool2d of a batch (N, C, H, W) written into `into` (an
+    fastcnn.functional._into.Into of max_pool2d_output_shape's shape and input's dtype,
+    a channel slice of a concatenation's output, say), returned as the tensor there. What
+    max_pool2d_writes_into refuses is pooled by max_pool2d, then copied."""
+    check_tensor("input", input)
+    if not max_pool2d_writes_into(input):
+        return copy_into(max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode),
+                         into)
+    _check_pooled_input(input)
+    args = _pooling_arguments(input, kernel_size, stride, padding, dilation, ceil_mode)
+    keep_positions = torch.is_grad_enabled() and input.requires_grad
+    output, _ = MaxPool2dFunction.apply(input, *args, ceil_mode, keep_positions, into)
+    return output
 
 
 class GlobalAvgPool2dFunction(torch.autograd.Function):

@@ -2,8 +2,11 @@
 block, holds the plain torch modules as submodules) and only calls the fastcnn function in
 forward."""
 
-from fastcnn.nn.conv_bn_act import ConvBNReLU
+from fastcnn.nn.concat import InceptionConcat
+from fastcnn.nn.conv_bn_act import ConvBNReLU, ConvReLU
+from fastcnn.nn.dense import DenseBlock, DenseLayer, Transition
 from fastcnn.nn.lrn import LocalResponseNorm
 from fastcnn.nn.pooling import GlobalAvgPool2d, MaxPool2d
 
-__all__ = ["ConvBNReLU", "GlobalAvgPool2d", "LocalResponseNorm", "MaxPool2d"]
+__all__ = ["ConvBNReLU", "ConvReLU", "DenseBlock", "DenseLayer", "GlobalAvgPool2d",
+           "InceptionConcat", "LocalResponseNorm", "MaxPool2d", "Transition"]

@@ -7,11 +7,13 @@ from fastcnn.ops.conv_bn_relu import (
     batch_norm_stats,
     channel_affine_act,
     channel_affine_act_,
+    channel_affine_act_out,
 )
 from fastcnn.ops.concat import concat_forward
 from fastcnn.ops.lrn import lrn_backward, lrn_forward
 from fastcnn.ops.pooling import (global_avg_pool2d, global_avg_pool2d_backward, max_pool2d,
-                                 max_pool2d_backward, max_pool2d_with_positions)
+                                 max_pool2d_backward, max_pool2d_into,
+                                 max_pool2d_with_positions, max_pool2d_with_positions_into)
 
 __all__ = [
     "batch_norm_act_backward",
@@ -19,6 +21,7 @@ __all__ = [
     "batch_norm_stats",
     "channel_affine_act",
     "channel_affine_act_",
+    "channel_affine_act_out",
     "concat_forward",
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
@@ -26,6 +29,8 @@ __all__ = [
     "lrn_forward",
     "max_pool2d",
     "max_pool2d_backward",
+    "max_pool2d_into",
     "max_pool2d_with_positions",
+    "max_pool2d_with_positions_into",
     "pooling",
 ]

@@ -65,6 +65,27 @@ def channel_affine_act_(input: torch.Tensor, scale: torch.Tensor, shift: torch.T
     backends.kernels(backend).channel_affine_act(view, scale, shift, _view(residual), view, relu)
 
 
+def _fake_channel_affine_act_out(input, scale, shift, residual, relu, output, backend):
+    return None
+
+
+@custom_op("fastcnn::channel_affine_act_out", fake=_fake_channel_affine_act_out,
+           mutates_args=("output",))
+def channel_affine_act_out(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                           residual: Optional[torch.Tensor], relu: bool, output: torch.Tensor,
+                           backend: str) -> None:
+    """channel_affine_act written into output, a tensor of input's shape and dtype that
+    shares no memory with it: a channel slice of a concatenation's output, say (strided in
+    channels_last), so that the result needs no copy into it."""
+    backends.report_fallback("conv_bn_relu", backend, input.device)
+    view = channel_view(output)
+    if view is None:  # no (N, C, S) view: compute aside, copy in
+        output.copy_(channel_affine_act(input, scale, shift, residual, relu, backend))
+        return
+    backends.kernels(backend).channel_affine_act(
+        channel_view_or_copy(input), scale, shift, _view(residual), view, relu)
+
+
 def _fake_batch_norm_stats(input, backend):
     return _channel_vector(input), _channel_vector(input)
 

@@ -95,6 +95,40 @@ def max_pool2d_with_positions(input: torch.Tensor, kernel_size: List[int], strid
     return output, positions
 
 
+def _fake_max_pool2d_into(input, kernel_size, stride, padding, dilation, output, backend):
+    return None
+
+
+@custom_op("fastcnn::max_pool2d_into", fake=_fake_max_pool2d_into, mutates_args=("output",))
+def max_pool2d_into(input: torch.Tensor, kernel_size: List[int], stride: List[int],
+                    padding: List[int], dilation: List[int], output: torch.Tensor,
+                    backend: str) -> None:
+    """max_pool2d written into output, an (N, C, OH, OW) tensor with any strides (a channel
+    slice of a concatenation's output, say) whose size is the pooled size (the caller's
+    ceil_mode decided it)."""
+    backends.report_fallback("max_pool2d", backend, input.device)
+    backends.kernels(backend).max_pool2d_forward(input, output, None, kernel_size, stride,
+                                                 padding, dilation)
+
+
+def _fake_max_pool2d_with_positions_into(input, kernel_size, stride, padding, dilation,
+                                         output, backend):
+    return _empty_pooled(input, *output.shape[2:], dtype=positions_dtype(kernel_size))
+
+
+@custom_op("fastcnn::max_pool2d_with_positions_into",
+           fake=_fake_max_pool2d_with_positions_into, mutates_args=("output",))
+def max_pool2d_with_positions_into(input: torch.Tensor, kernel_size: List[int],
+                                   stride: List[int], padding: List[int], dilation: List[int],
+                                   output: torch.Tensor, backend: str) -> torch.Tensor:
+    """max_pool2d_into, and the position of each winner in its window, returned."""
+    backends.report_fallback("max_pool2d", backend, input.device)
+    positions = _empty_pooled(input, *output.shape[2:], dtype=positions_dtype(kernel_size))
+    backends.kernels(backend).max_pool2d_forward(input, output, positions, kernel_size, stride,
+                                                 padding, dilation)
+    return positions
+
+
 def _fake_max_pool2d_backward(grad_output, positions, input_height, input_width, kernel_size,
                               stride, padding, dilation, channels_last, backend):
     return _empty_pooled(grad_output, input_height, input_width, channels_last=channels_last)

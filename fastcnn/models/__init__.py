@@ -1,0 +1,7 @@
+"""The model zoo: `list_models()`, `create_model(name, ...)` and a builder per model."""
+
+from fastcnn.models._registry import create_model, list_models, register_model
+from fastcnn.models.densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
+
+__all__ = ["DenseNet", "create_model", "densenet121", "densenet161", "densenet169",
+           "densenet201", "list_models", "register_model"]

@@ -1,0 +1,72 @@
+"""The model registry: a builder per model name, listed and called by name.
+
+`create_model(name, weights=...)` loads a state_dict into the built model: from a file, or
+for models with torchvision's architecture and keys, from a torchvision weights name
+(`"DenseNet121_Weights.IMAGENET1K_V1"`), which torchvision downloads.
+"""
+
+import fnmatch
+import os
+
+import torch
+
+_BUILDERS = {}
+# model name -> function(state_dict) -> state_dict in fastcnn's keys, for torchvision weights
+_TORCHVISION_KEYS = {}
+
+
+def register_model(builder=None, *, torchvision_keys=None):
+    """Registers builder under its function name. torchvision_keys (a function mapping a
+    torchvision state_dict to this model's keys) marks models that load torchvision's
+    weights by name."""
+
+    def register(fn):
+        _BUILDERS[fn.__name__] = fn
+        if torchvision_keys is not None:
+            _TORCHVISION_KEYS[fn.__name__] = torchvision_keys
+        return fn
+
+    return register(builder) if builder is not None else register
+
+
+def list_models(pattern=None):
+    """The registered names, sorted; those matching the fnmatch pattern when given."""
+    names = sorted(_BUILDERS)
+    return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def _load_weights(name, model, weights):
+    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+    elif isinstance(weights, str) and name in _TORCHVISION_KEYS:
+        import torchvision
+
+        try:
+            enum = torchvision.models.get_weight(weights)
+        except (KeyError, ValueError, AttributeError) as error:
+            raise ValueError(f"weights={weights!r} is neither a file nor a torchvision weights "
+                             f"name ({error})") from None
+        try:
+            state_dict = enum.get_state_dict(progress=True)
+        except OSError as error:  # no network, or no write access to the cache
+            raise RuntimeError(
+                f"could not download torchvision's {weights} ({error}); on a machine without "
+                f"network, pass the path of a saved state_dict instead") from None
+        state_dict = _TORCHVISION_KEYS[name](state_dict)
+    else:
+        raise ValueError(f"weights must be the path of a saved state_dict file"
+                         f"{' or a torchvision weights name' if name in _TORCHVISION_KEYS else ''}"
+                         f", got {weights!r}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def create_model(name, weights=None, **kwargs):
+    """The model `name` built with kwargs (num_classes=..., in_chans=..., ...), with
+    `weights` loaded (strict) when given."""
+    if name not in _BUILDERS:
+        close = fnmatch.filter(_BUILDERS, f"*{name}*") or list_models()
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(close)}")
+    model = _BUILDERS[name](**kwargs)
+    if weights is not None:
+        _load_weights(name, model, weights)
+    return model
