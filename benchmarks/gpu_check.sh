@@ -9,20 +9,23 @@
 #            torch) it prints one line saying so and exits 0, having done nothing else
 #   install  pip install --no-build-isolation --no-deps -e . (180; without ninja, or if
 #            the C++ extension fails to build: FASTCNN_BUILD_CPP=0, 90, no CPU tests)
-#   tests    python -m pytest tests -k cuda (at most 210, and 150 kept for the
+#   tests    python -m pytest tests -k cuda (at most 210, and 210 kept for the
 #            benchmarks; stops after GPU_CHECK_MAXFAIL failures), then the other tests in
-#            what is left but those 150
+#            what is left but those 210
 #   bench    fastcnn bench --device cuda --full --repeats GPU_CHECK_REPEATS (20), one op
-#            at a time, what is left but 30 for each op after it (at least an even share,
-#            at least 30 or the op is skipped); an op that runs out of time is timed
+#            at a time, then the modules (--modules, all of them in one run: their
+#            training steps, NCHW, without torch.compile, which would compile three
+#            modules for longer than the phase has); each in what is left but what the
+#            items after it need (30 for an op, 90 for the modules; at least an even
+#            share, at least 30 or it is skipped); an op that runs out of time is timed
 #            again without torch.compile in what is then left to it
 # The benchmarks run whether or not the tests passed; their rows, merged, go to
 # benchmarks/results/<gpu>.json (e.g. nvidia-h200.json). Logs go to $OUT when it is set
 # (the device tool brings back what is written there, so a run cut off from outside still
 # returns them), else to a temporary folder; the results file is copied there too.
 #
-# Exit status: 0 tests passed and every op was timed; 1 tests failed or did not finish;
-# 2 tests passed but some op has no rows.
+# Exit status: 0 tests passed and every op and the modules were timed; 1 tests failed or
+# did not finish; 2 tests passed but some op, or the modules, have no rows.
 set -u -o pipefail
 cd -P "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
@@ -37,8 +40,9 @@ MARGIN=15            # kept back for the summary and the copies
 INSTALL_LIMIT=180    # the C++ extension builds in about a minute on 16 cores
 FALLBACK_LIMIT=90    # the install without it
 TESTS_LIMIT=210
-BENCH_RESERVE=150    # what the tests leave to the benchmarks
-OP_RESERVE=30        # what each op leaves to every op after it
+BENCH_RESERVE=210    # what the tests leave to the benchmarks: 4 ops and the modules
+OP_RESERVE=30        # what the items before an op leave to it
+MODULES_RESERVE=90   # what the items before the modules leave to them
 MAIN_LOG=/dev/null   # a file once there is a GPU to check
 
 say() {
@@ -247,40 +251,56 @@ bench_log="$LOG_DIR/bench.log"
 : >"$bench_log"
 mapfile -t ops < <("$PYTHON" -c "from fastcnn import benchmarking; print(*sorted(benchmarking.OPS), sep='\n')" 2>>"$bench_log")
 [ "${#ops[@]}" -eq 0 ] && say "bench: could not list the ops (see $bench_log)"
+mapfile -t modules < <("$PYTHON" -c "from fastcnn import benchmarking_modules; print(*benchmarking_modules.MODULES, sep='\n')" 2>>"$bench_log")
+[ "${#modules[@]}" -eq 0 ] && say "bench: could not list the modules (see $bench_log)"
+items=("${ops[@]}")
+[ "${#modules[@]}" -gt 0 ] && items+=(modules)
+# reserve ITEM: what the items before ITEM leave to it
+reserve() { if [ "$1" = modules ]; then echo "$MODULES_RESERVE"; else echo "$OP_RESERVE"; fi; }
 timed=()
 without_compile=()
 missing=()
-for i in "${!ops[@]}"; do
-  op=${ops[$i]}
-  after=$((${#ops[@]} - i - 1))
-  op_json="$WORK_DIR/bench-$op.json"
-  done_op=0
-  for compile in with without; do
-    # what the ops after it are left, or where that is less, an even share
+for i in "${!items[@]}"; do
+  item=${items[$i]}
+  after=$((${#items[@]} - i - 1))
+  later=0
+  for next in "${items[@]:i+1}"; do later=$((later + $(reserve "$next"))); done
+  item_json="$WORK_DIR/bench-$item.json"
+  done_item=0
+  attempts=(with without)
+  [ "$item" = modules ] && attempts=(without)
+  for compile in "${attempts[@]}"; do
+    # what the items after it need, or where that leaves less, an even share
     now=$(left)
-    limit=$((now - after * OP_RESERVE))
+    limit=$((now - later))
     [ "$limit" -lt $((now / (after + 1))) ] && limit=$((now / (after + 1)))
     if [ "$limit" -lt 30 ]; then
-      say "bench: $op skipped, $limit s left for it"
+      say "bench: $item skipped, $limit s left for it"
       break
     fi
-    args=(-m fastcnn bench --device cuda --full --ops "$op" --repeats "$REPEATS" --json "$op_json" -v)
+    if [ "$item" = modules ]; then
+      args=(-m fastcnn bench --device cuda --modules "${modules[@]}" --layout nchw
+            --mode forward+backward --repeats "$REPEATS" --json "$item_json" -v)
+    else
+      args=(-m fastcnn bench --device cuda --full --ops "$item" --repeats "$REPEATS"
+            --json "$item_json" -v)
+    fi
     [ "$compile" = without ] && args+=(--no-compile)
-    say "bench: $op, $compile torch.compile (limit ${limit} s)"
+    say "bench: $item, $compile torch.compile (limit ${limit} s)"
     echo "=== $PYTHON ${args[*]} ===" >>"$bench_log"
-    op_start=$SECONDS
+    item_start=$SECONDS
     timeout -k 10 "$limit" "$PYTHON" "${args[@]}" >>"$bench_log" 2>&1
     rc=$?
-    if [ "$rc" -eq 0 ] && [ -s "$op_json" ]; then
-      say "bench: $op done in $((SECONDS - op_start)) s"
-      done_op=1
-      [ "$compile" = without ] && without_compile+=("$op")
+    if [ "$rc" -eq 0 ] && [ -s "$item_json" ]; then
+      say "bench: $item done in $((SECONDS - item_start)) s"
+      done_item=1
+      [ "$compile" = without ] && [ "$item" != modules ] && without_compile+=("$item")
       break
     fi
-    say "bench: $op FAILED ($(ended "$rc") after $((SECONDS - op_start)) s)"
+    say "bench: $item FAILED ($(ended "$rc") after $((SECONDS - item_start)) s)"
     [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] && { show_tail "$bench_log" 10; break; }
   done
-  if [ "$done_op" -eq 1 ]; then timed+=("$op"); else missing+=("$op"); fi
+  if [ "$done_item" -eq 1 ]; then timed+=("$item"); else missing+=("$item"); fi
 done
 
 rows=0
@@ -291,21 +311,25 @@ import json
 import pathlib
 import sys
 
-from fastcnn import benchmarking
+from fastcnn import benchmarking, benchmarking_modules
 
 path, work, repeats, tests, without_compile, missing, *timed = sys.argv[1:]
-runs = [json.loads((pathlib.Path(work) / f"bench-{op}.json").read_text()) for op in timed]
+runs = [json.loads((pathlib.Path(work) / f"bench-{item}.json").read_text()) for item in timed]
 results = [row for run in runs for row in run["results"]]
+modules = [row for run in runs for row in run.get("modules", [])]
 data = {
     "environment": runs[0]["environment"],
     "results": results,
+    "modules": modules,
     "gpu_check": {"repeats": int(repeats), "tests": tests,
                   "ops_without_compile": without_compile.split(),
-                  "ops_missing": missing.split()},
+                  "not_timed": missing.split()},
 }
 pathlib.Path(path).write_text(json.dumps(data, indent=2) + "\n")
-(pathlib.Path(work) / "table.txt").write_text(benchmarking.format_table(results) + "\n")
-print(len(results))
+tables = [benchmarking.format_table(results)] if results else []
+tables += [benchmarking_modules.format_table(modules)] if modules else []
+(pathlib.Path(work) / "table.txt").write_text("\n\n".join(tables) + "\n")
+print(len(results) + len(modules))
 PY
   ) || rows=0
   case $rows in '' | *[!0-9]*) rows=0 ;; esac
@@ -313,7 +337,7 @@ PY
     tee -a "$bench_log" <"$WORK_DIR/table.txt"
     cp "$results_file" "$LOG_DIR/"
   else
-    say "bench: merging the ops' results FAILED (see $bench_log)"
+    say "bench: merging the results FAILED (see $bench_log)"
   fi
 fi
 bench_s=$((SECONDS - phase_start))
@@ -331,5 +355,5 @@ say "  install $(printf '%4d' "$install_s") s  $install_state"
 say "  tests   $(printf '%4d' "$tests_s") s  $tests_state"
 say "  bench   $(printf '%4d' "$bench_s") s  $bench_state"
 say "  total   $(printf '%4d' "$SECONDS") s of a ${BUDGET} s budget; logs: $LOG_DIR"
-say "exit $status (0: all passed and timed; 1: tests failed or did not finish; 2: some op not timed)"
+say "exit $status (0: all passed and timed; 1: tests failed or did not finish; 2: some op, or the modules, not timed)"
 exit "$status"

@@ -17,9 +17,9 @@ def _ms(value):
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _speedup(row, baseline):
+def _speedup(row, baseline, digits=1):
     value = row.get(f"speedup_vs_{baseline}")
-    return "n/a" if value is None else f"{value:.1f}x"
+    return "n/a" if value is None else f"{value:.{digits}f}x"
 
 
 def _bandwidth(row):
@@ -28,7 +28,56 @@ def _bandwidth(row):
     return f"{row['gb_per_s']:.1f} ({row['fraction_of_copy_bandwidth']:.0%})"
 
 
+def _op_table(rows):
+    lines = [
+        "| op | layer | input | layout | pass | fastcnn ms | eager ms | compile ms "
+        "| vs eager | vs compile | GB/s (of copy) |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['op']} | {row['layer']} | {'x'.join(map(str, row['shape']))} "
+            f"| {row['layout']} | {row['mode']} | {_ms(row['fastcnn_ms'])} "
+            f"| {_ms(row.get('eager_ms'))} | {_ms(row.get('compile_ms'))} "
+            f"| {_speedup(row, 'eager')} | {_speedup(row, 'compile')} "
+            f"| {_bandwidth(row)} |")
+    return lines
+
+
+def _peak_mb(row, name):
+    value = row.get(f"{name}_peak_bytes")
+    return "n/a" if value is None else f"{value / 1e6:.1f}"
+
+
+def _saving(row, name):
+    value = row.get(f"memory_saving_vs_{name}")
+    return "n/a" if value is None else f"{value:.0%}".replace("-0%", "0%")
+
+
+def _module_table(rows):
+    """One line per implementation; fastcnn's speedup and memory saving on each baseline's."""
+    methods = sorted({row["peak_memory_by"] for row in rows})
+    lines = [
+        f"Modules (peak MB: the most tensor memory allocated at once during one call, "
+        f"MB = 10^6 bytes, measured with {', '.join(methods)}):",
+        "",
+        "| module | input | layout | pass | implementation | ms | peak MB "
+        "| fastcnn speedup | fastcnn memory saving |",
+        "|---|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        case = (f"| {row['module']} | {'x'.join(map(str, row['shape']))} | {row['layout']} "
+                f"| {row['mode']} ")
+        for i, name in enumerate(row["implementations"]):
+            ratios = ("| | " if i == 0 else
+                      f"| {_speedup(row, name, 2)} | {_saving(row, name)} ")
+            lines.append(f"{case}| {name} | {_ms(row.get(f'{name}_ms'))} "
+                         f"| {_peak_mb(row, name)} {ratios}|")
+    return lines
+
+
 def table(path):
+    """A results file's heading, its op table and, where it has them, its module table."""
     data = json.loads(path.read_text())
     env = data["environment"]
     lines = [
@@ -36,18 +85,11 @@ def table(path):
         f"fastcnn {env['fastcnn']} ({env.get('commit') or 'no commit recorded'}), "
         f"{env['date']} (`{path.relative_to(ROOT)}`)"
         + (f"; {env['allocator']}" if env.get("allocator") else ""),
-        "",
-        "| op | layer | input | layout | pass | fastcnn ms | eager ms | compile ms "
-        "| vs eager | vs compile | GB/s (of copy) |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in data["results"]:
-        lines.append(
-            f"| {row['op']} | {row['layer']} | {'x'.join(map(str, row['shape']))} "
-            f"| {row['layout']} | {row['mode']} | {_ms(row['fastcnn_ms'])} "
-            f"| {_ms(row.get('eager_ms'))} | {_ms(row.get('compile_ms'))} "
-            f"| {_speedup(row, 'eager')} | {_speedup(row, 'compile')} "
-            f"| {_bandwidth(row)} |")
+    if data["results"]:
+        lines += ["", *_op_table(data["results"])]
+    if data.get("modules"):
+        lines += ["", *_module_table(data["modules"])]
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@ one list of real layer shapes, one way to build each implementation, one timer.
 
 Every case is timed for fastcnn and for its baselines in the same run: native PyTorch in
 eager mode and under torch.compile. Memory-bound ops also report achieved bandwidth and its
-fraction of a device-to-device copy of the same bytes, measured in the same run.
+fraction of a device-to-device copy of the same bytes, measured in the same run. Whole
+modules, timed and their peak memory measured, are in benchmarking_modules.py.
 """
 
 import dataclasses
@@ -196,7 +197,7 @@ def make_input(case, device, requires_grad=False):
     return x.requires_grad_(requires_grad)
 
 
-def _compiled(fn):
+def compiled(fn):
     # Every case (shape, layout, with or without grad) is a specialisation of the same
     # function: allow enough of them that none silently falls back to eager.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -212,7 +213,7 @@ def build(case, implementation, device, inputs=2):
     else:
         fn = op.ours if implementation == "fastcnn" else op.theirs
     if implementation == "compile":
-        fn = _compiled(fn)
+        fn = compiled(fn)
     backward = case.mode == "forward+backward"
     xs = [make_input(case, device, requires_grad=backward) for _ in range(inputs)]
     state = {"i": 0, "grad": None}
@@ -289,6 +290,20 @@ def summarize(case, milliseconds, copy_ms):
     return row
 
 
+def medians_in_turn(steps, device, repeats, warmup_rounds):
+    """Median milliseconds per call of each of `steps` (name -> step, each called once
+    already), their warm-up calls and samples taken in turn: a, b, c, then c, b, a, ..."""
+    samples = {name: [] for name in steps}
+    order = list(steps.items())
+    for round_ in range(warmup_rounds + repeats):
+        for name, step in (order if round_ % 2 == 0 else reversed(order)):
+            if round_ < warmup_rounds:
+                step()
+            else:
+                samples[name].append(sample(step, device))
+    return {name: statistics.median(times) * 1e3 for name, times in samples.items()}
+
+
 def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None,
         warmup=2):
     """Times every case with every implementation; returns one summarize() row per case.
@@ -314,18 +329,7 @@ def run(case_list, device, implementations=IMPLEMENTATIONS, repeats=10, log=None
                     raise
                 milliseconds[implementation] = None
                 errors[f"{implementation}_error"] = f"{type(error).__name__}: {error}"
-        samples = {implementation: [] for implementation in steps}
-        warmup_rounds = warmup - 1
-        for round_ in range(warmup_rounds + repeats):
-            order = list(steps.items())
-            for implementation, step in (order if round_ % 2 == 0 else reversed(order)):
-                if round_ < warmup_rounds:
-                    step()
-                else:
-                    samples[implementation].append(sample(step, device))
-        for implementation in implementations:
-            if implementation in samples:
-                milliseconds[implementation] = statistics.median(samples[implementation]) * 1e3
+        milliseconds.update(medians_in_turn(steps, device, repeats, warmup - 1))
         key = (case.shape, case.dtype)
         if key not in copies:
             copies[key] = copy_seconds(case.shape, case.dtype, device) * 1e3

@@ -35,34 +35,63 @@ def _info(args):
     return 0
 
 
+def _selected_cases(args, device, batch):
+    """The op cases and module cases that `fastcnn bench` runs, and whether they are the
+    quick CPU subset. Naming ops or modules times only those; naming neither times both.
+    On CPU, without --full, --ops or --modules, their quick cases (a few minutes on 2
+    cores)."""
+    from fastcnn import benchmarking, benchmarking_modules
+
+    cpu = torch.device(device).type == "cpu"
+    layouts = {"both": (False, True), "nchw": (False,), "channels_last": (True,)}[args.layout]
+    modes = benchmarking.MODES if args.mode == "both" else (args.mode,)
+    quick_ops = cpu and not args.full and args.ops is None
+    quick_modules = cpu and not args.full and args.modules is None
+    case_list = module_list = []
+    if args.ops or not args.modules:
+        case_list = benchmarking.cases(ops=args.ops or sorted(benchmarking.OPS), batch=batch,
+                                       layouts=layouts, modes=modes, quick=quick_ops)
+    if args.modules or not (args.ops or args.no_modules):
+        module_list = benchmarking_modules.module_cases(
+            names=args.modules or tuple(benchmarking_modules.MODULES), device=device,
+            batch=args.batch, layouts=layouts, modes=modes, quick=quick_modules,
+            full=args.full, compile=not args.no_compile)
+    quick = bool((quick_ops and case_list) or (quick_modules and module_list))
+    return case_list, module_list, quick
+
+
 def _bench(args):
-    from fastcnn import benchmarking
+    from fastcnn import benchmarking, benchmarking_modules
 
     device = args.device or _default_device()
-    batch = args.batch or (128 if torch.device(device).type == "cuda" else 16)
-    layouts = {"both": (False, True), "nchw": (False,), "channels_last": (True,)}[args.layout]
+    batch = args.batch or (16 if torch.device(device).type == "cpu" else 128)
     implementations = ("fastcnn", "eager") if args.no_compile else benchmarking.IMPLEMENTATIONS
-    # On CPU, without --full or --ops, each op's quick cases (about two minutes on 2 cores)
-    quick = torch.device(device).type == "cpu" and not args.full and args.ops is None
-    case_list = benchmarking.cases(ops=args.ops or sorted(benchmarking.OPS), batch=batch,
-                                   layouts=layouts, quick=quick)
+    case_list, module_list, quick = _selected_cases(args, device, batch)
     env = benchmarking.environment(device)
     print(f"fastcnn bench on {env['device']} (torch {env['torch']}, triton {env['triton']}); "
-          f"median of {args.repeats} runs each, float32, batch {batch}"
+          f"median of {args.repeats} runs each, float32"
+          f"{f', ops at batch {batch}' if case_list else ''}"
           f"{'; quick subset (--full for all)' if quick else ''}", flush=True)
     if env["allocator"]:
         print(f"allocator: {env['allocator']}", flush=True)
     log = (lambda message: print(f"  timing {message}", file=sys.stderr, flush=True)) \
         if args.verbose else None
     results = benchmarking.run(case_list, device, implementations, args.repeats, log)
-    print(benchmarking.format_table(results, implementations))
-    print("vs X: fastcnn's speedup over X (higher is better); GB/s: the fewest bytes the op "
-          "must move over fastcnn's time, and that as a fraction of a same-size copy (n/a for "
-          "compute-bound ops). conv_bn_relu: forward is inference (eval mode), "
-          "forward+backward a training step.")
+    if results:
+        print(benchmarking.format_table(results, implementations))
+        print("vs X: fastcnn's speedup over X (higher is better); GB/s: the fewest bytes the op "
+              "must move over fastcnn's time, and that as a fraction of a same-size copy (n/a "
+              "for compute-bound ops). conv_bn_relu: forward is inference (eval mode), "
+              "forward+backward a training step.", flush=True)
+    modules = benchmarking_modules.run(module_list, device, args.repeats, log=log)
+    if modules:
+        print()
+        print(benchmarking_modules.format_table(modules))
+        print(benchmarking_modules.describe(device))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "results": results}, f, indent=2)
+            json.dump({"environment": env, "results": results, "modules": modules}, f,
+                      indent=2)
             f.write("\n")
         print(f"wrote {args.json}")
     return 0
@@ -77,18 +106,29 @@ def build_parser():
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(handler=_info)
 
-    from fastcnn.benchmarking import OPS
+    from fastcnn.benchmarking import MODES, OPS
+    from fastcnn.benchmarking_modules import MODULES
 
     bench = commands.add_parser(
-        "bench", help="time fastcnn's ops against PyTorch eager and torch.compile")
+        "bench", help="time fastcnn's ops and modules against PyTorch eager and torch.compile "
+        "(modules: their peak memory too)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     bench.add_argument("--ops", nargs="+", choices=sorted(OPS),
-                       help="ops to time, every case of each (default: all ops; on CPU only "
-                       "their quick cases unless --full)")
+                       help="ops to time, every case of each (default: all ops unless "
+                       "--modules is given; on CPU only their quick cases unless --full)")
+    modules = bench.add_mutually_exclusive_group()
+    modules.add_argument("--modules", nargs="+", choices=list(MODULES),
+                         help="modules to time, every case of each (default: all of them, "
+                         "after the ops; on CPU only their quick cases unless --full)")
+    modules.add_argument("--no-modules", action="store_true", help="time the ops only")
     bench.add_argument("--full", action="store_true",
-                       help="every case of every op (on CPU the default is a quick subset)")
-    bench.add_argument("--batch", type=int, help="batch size (default: 16 on CPU, 128 on GPU)")
+                       help="every case of every op and module, and torch.compile for every "
+                       "module (on CPU the default is a quick subset)")
+    bench.add_argument("--batch", type=int, help="batch size (default: 16 on CPU, 128 on GPU for "
+                       "ops; each module's own, smaller ones in the quick CPU subset)")
     bench.add_argument("--layout", choices=["both", "nchw", "channels_last"], default="both")
+    bench.add_argument("--mode", choices=["both", *MODES], default="both",
+                       help="the pass: inference, a training step, or both")
     bench.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
     bench.add_argument("--no-compile", action="store_true",
                        help="skip the torch.compile baseline (it compiles for minutes on CPU)")

@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from fastcnn import benchmarking
+from fastcnn import benchmarking, benchmarking_modules
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -51,6 +51,20 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
         assert row["speedup_vs_eager"] == row["eager_ms"] / row["fastcnn_ms"]
         assert (row["gb_per_s"] is None) == (row["op"] == "conv_bn_relu")
 
+    # then, by default, each module's quick case: a training step, with its peak memory
+    assert "googlenet.inception3a 1x192x28x28 NCHW forward+backward" in result.stdout
+    assert "fastcnn less memory" in result.stdout
+    modules = data["modules"]
+    assert [(r["module"], r["layout"], r["mode"]) for r in modules] == [
+        (name, "NCHW", "forward+backward") for name in benchmarking_modules.MODULES]
+    for row in modules:
+        assert row["shape"][0] == 1
+        assert row["implementations"][:1] == ["fastcnn"] and "eager" in row["implementations"]
+        for name in row["implementations"]:
+            assert row[f"{name}_ms"] > 0 and row[f"{name}_peak_bytes"] > 0
+        assert row["memory_saving_vs_eager"] == (
+            1 - row["fastcnn_peak_bytes"] / row["eager_peak_bytes"])
+
     # the README tables are rendered from such files
     spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
     report = importlib.util.module_from_spec(spec)
@@ -60,6 +74,7 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     assert data["environment"]["allocator"] in table.splitlines()[0]
     assert "| lrn | alexnet.conv1 | 1x96x55x55 | NCHW | forward |" in table
     assert "| conv_bn_relu | resnet50.layer1.0.conv2 | 1x64x56x56 | NCHW | forward |" in table
+    assert "| densenet121.denseblock1 | 1x64x56x56 | NCHW | forward+backward | eager |" in table
 
 
 def test_bench_ops_times_every_case_of_an_op():
@@ -71,12 +86,32 @@ def test_bench_ops_times_every_case_of_an_op():
         for mode in ("forward", "forward+backward"):
             assert f"{layer} 1x" in result.stdout and f"channels_last {mode}" in result.stdout
     assert "alexnet" not in result.stdout
+    assert "densenet121" not in result.stdout  # naming ops leaves the modules out
+
+
+def test_bench_modules_times_only_the_modules_named(tmp_path):
+    path = tmp_path / "results.json"
+    result = fastcnn("bench", "--modules", "googlenet.inception3a", "--batch", "1",
+                     "--repeats", "1", "--layout", "channels_last", "--mode", "forward",
+                     "--no-compile", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "googlenet.inception3a 1x192x28x28 channels_last forward" in result.stdout
+    assert "resnet50" not in result.stdout and "densenet121" not in result.stdout
+    data = json.loads(path.read_text())
+    assert data["results"] == []
+    [row] = data["modules"]
+    assert row["implementations"] == ["fastcnn", "fastcnn+cat", "eager"]
+    # kineto's log lines, which the CPU memory measurement provokes, are left out
+    assert "profiler_start" not in result.stderr
 
 
 def test_bad_arguments_exit_with_a_message():
     result = fastcnn("bench", "--ops", "softmax")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+    result = fastcnn("bench", "--modules", "densenet121", "--no-modules")
+    assert result.returncode == 2
+    assert "not allowed with" in result.stderr
 
 
 def test_allocator_names_the_settings_that_change_cpu_timings(monkeypatch):
