@@ -38,6 +38,16 @@ class LocalResponseNormFunction(torch.autograd.Function):
         return grad_input, None, None, None, None
 
 
+def _no_wider_than_the_channels(input, size, alpha):
+    """(size, alpha) for PyTorch's own function, which pads the channels by size // 2: a
+    window of 2C - 1 already covers every channel from every channel, so a wider one is
+    replaced by it, with alpha / size kept (the kernels never allocate by the window)."""
+    covering = 2 * input.shape[1] - 1 if input.dim() >= 2 else size
+    if 0 < covering < size:
+        return covering, alpha * covering / size
+    return size, alpha
+
+
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     """Local response normalization over channels, as torch.nn.functional.local_response_norm:
 
@@ -62,6 +72,7 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in scalars.values()):
         # PyTorch's formula, in float32 for float16 and bfloat16 as the kernels compute
         low = input.dtype in (torch.float16, torch.bfloat16)
+        size, alpha = _no_wider_than_the_channels(input, size, alpha)
         output = F.local_response_norm(input.float() if low else input, size, alpha, beta, k)
         return output.to(input.dtype)
     check_feature_map("input", input, min_dim=3)

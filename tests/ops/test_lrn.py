@@ -343,6 +343,25 @@ def test_window_wider_than_all_channels(backend_device, size):
     assert_close_to_reference(dx, x_ref.grad, torch.float64, backend, device)
 
 
+@pytest.mark.parametrize("argument", ["alpha", "beta", "k"])
+def test_non_finite_argument_with_a_huge_window_allocates_nothing_by_it(argument):
+    """Non-finite alpha, beta or k run PyTorch's own function, which pads the channels by
+    size // 2: it is handed the window of 2C - 1 channels, which covers them all (a window
+    of 10^9 made it allocate 8 GB)."""
+    from fastcnn.benchmarking_memory import peak_memory_bytes
+
+    x = randn(2, 3, 4, 5, dtype=torch.float64)
+    args = dict(size=10**9, alpha=1e-4, beta=0.75, k=1.0)
+    args[argument] = float("nan") if argument == "k" else float("inf")
+    outputs = []
+    peak = peak_memory_bytes(lambda: outputs.append(local_response_norm(x, **args)), "cpu")
+    assert peak < 100 * x.numel() * 8
+    wide = 2 * x.shape[1] - 1
+    expected = F.local_response_norm(x, **dict(args, size=wide,
+                                                 alpha=args["alpha"] * wide / args["size"]))
+    torch.testing.assert_close(outputs[0], expected, equal_nan=True)
+
+
 @pytest.mark.parametrize("layout", OTHER_LAYOUTS.keys())
 def test_kernels_refuse_tensors_that_are_not_strided(layout):
     """mkldnn and sparse tensors have no strides to read: a clear error naming the
