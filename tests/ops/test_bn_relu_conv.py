@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from helpers import assert_close_to_reference, randn, randomise_batch_norms
+from helpers import assert_close_to_reference, randn, randomise_batch_norms, tolerance
 from torch import nn
 
 from fastcnn.functional import bn_relu, bn_relu_conv
@@ -103,6 +103,27 @@ def test_keeps_its_input_not_the_normalised_tensor():
         bn.train(train)
         assert saved_bytes(bn_relu_conv, x, bn, conv) <= feature_map + weight + vectors
         assert saved_bytes(eager, x, bn, conv) >= 2 * feature_map
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval-frozen"])
+def test_low_precision_against_float64(dtype, train):
+    """The output to the dtype's rounding relative to its largest value; the gradients,
+    which the ReLU masks that rounding may flip change here and there, by norm."""
+    bn = make_bn(6, dtype=dtype).train(train)
+    conv = nn.Conv2d(6, 4, 3, padding=1).to(dtype)
+    x = randn(2, 6, 5, 5, dtype=dtype, channels_last=True)
+    ours = run(bn_relu_conv, x, bn, conv)
+    theirs = run(eager, x.double(), bn.double(), conv.double())
+    rtol = 4 * tolerance(dtype, convolution=True)["rtol"]
+    assert ours[0].dtype == dtype
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        a, b = a.double(), b.double()
+        if i == 0 or i >= len(ours) - 2:  # the output, the running statistics
+            scale = b.abs().max().item()
+            torch.testing.assert_close(a / scale, b / scale, rtol=0, atol=rtol)
+        else:
+            assert (a - b).norm() <= 4 * rtol * b.norm(), i
 
 
 class _Layer(nn.Module):
