@@ -117,7 +117,11 @@ def test_passes_against_float64(backend_device, dtype, tiling, with_residual):
         assert_close_to_reference(ours, expected, accumulation, backend, device)
     for ours, expected in zip(results["ours"][1], results["expected"][1]):
         assert ours.dtype == dtype
-        assert_close_to_reference(ours, expected, dtype, backend, device)
+        # dy is a difference of terms as large as the largest values (k (y - mean) reaches
+        # tens): its rounding is relative to them, not to each value
+        scale = expected[expected.isfinite()].abs().max().clamp(min=1)
+        assert_close_to_reference(ours.double() / scale, expected / scale, dtype, backend,
+                                  device)
 
 
 # Strides that fit in 32 bits (so Triton types them int32) times indices that do not.
