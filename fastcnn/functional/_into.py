@@ -27,6 +27,12 @@ class Into:
         self.tensor = tensor.detach()
 
 
+def has_forward_hooks(module):
+    """Whether forward hooks are registered on module: then only its own forward (called
+    as module(x)) runs them, and a fused path must not stand in for it."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def wants_grad(*tensors):
     return torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
@@ -73,11 +79,16 @@ class JoinFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grads, offset = [], 0
-        for size in ctx.sizes:
-            grads.append(grad.narrow(ctx.dim, offset, size))
-            offset += size
-        return (None, None, *grads)
+        return (None, None, *slices(grad, ctx.sizes, ctx.dim))
+
+
+def slices(t, sizes, dim=1):
+    """t's consecutive slices along dim of the given sizes, as views."""
+    views, offset = [], 0
+    for size in sizes:
+        views.append(t.narrow(dim, offset, size))
+        offset += size
+    return views
 
 
 def join(whole, parts, dim=1):

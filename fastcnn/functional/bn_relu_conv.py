@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from fastcnn import backends, ops
 from fastcnn.functional._checks import check_tensor, kernels_take
-from fastcnn.functional._into import wants_grad
+from fastcnn.functional._into import has_forward_hooks, slices, wants_grad
 from fastcnn.functional.conv_bn_act import (_check_batch_norm, _check_modules, _fused_batch_norm,
                                             _running_affine, _update_running_stats, bn_relu)
 from fastcnn.functional.conv_bn_training import scale_and_shift
@@ -50,8 +50,9 @@ def adjacent_view(pieces):
     offset, stride_c = first.storage_offset(), first.stride(1)
     storage = first.untyped_storage().data_ptr()
     for p in pieces:
-        if (not kernels_take(p) or p.dim() != 4 or p.dtype != first.dtype or p.device != first.device
-                or p.shape[0] != first.shape[0] or p.shape[2:] != first.shape[2:]
+        if (not kernels_take(p) or p.dim() != 4 or p.dtype != first.dtype
+                or p.device != first.device or p.shape[0] != first.shape[0]
+                or p.shape[2:] != first.shape[2:]
                 or p.stride() != first.stride() or p.storage_offset() != offset
                 or p.untyped_storage().data_ptr() != storage):
             return None
@@ -68,7 +69,7 @@ def _plain_convolution(conv, x):
     dtype and device, and no autocast changes the dtype."""
     return (type(conv).forward is torch.nn.Conv2d.forward and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str)
-            and not (conv._forward_hooks or conv._forward_pre_hooks)
+            and not has_forward_hooks(conv)
             and conv.weight.dtype == x.dtype and conv.weight.device == x.device
             and not torch.is_autocast_enabled(x.device.type))
 
@@ -130,17 +131,8 @@ class BNReLUConvFunction(torch.autograd.Function):
             grad_x = ops.batch_norm_act_backward(
                 grad_t, x, None, scale, shift, mean, invstd, sum_dz, sum_dz_xhat, True, False,
                 ctx.backend)[0]
-            grads_x = _split(grad_x, pieces)
+            grads_x = slices(grad_x, [p.shape[1] for p in pieces])
         return (None, None, None, None, grad_weight, grad_bias, grad_a, grad_b, *grads_x)
-
-
-def _split(grad, pieces):
-    """grad's channel slices, one per piece, as views."""
-    grads, offset = [], 0
-    for p in pieces:
-        grads.append(grad.narrow(1, offset, p.shape[1]))
-        offset += p.shape[1]
-    return grads
 
 
 def _differentiable_backward(ctx, grad_y):

@@ -11,7 +11,7 @@ gradient as a view.
 
 import torch
 
-from fastcnn.functional._into import Into, copy_into, join
+from fastcnn.functional._into import Into, copy_into, has_forward_hooks, join
 from fastcnn.ops.layout import is_channels_last
 
 
@@ -40,18 +40,12 @@ class PendingOutput:
         return self._write(into)
 
 
-def _runs_whole(module):
-    """Whether module must run by its own forward: hooks are registered on it, so that
-    running it in two steps would skip them."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
 def begin_forward(module, x):
     """module(x) up to its last write, as a PendingOutput. Modules with a `begin_forward`
     method (fastcnn's ConvBNReLU, ConvReLU, MaxPool2d) stop before it; a plain
     nn.Sequential runs all but its last layer and asks that one; any other module runs
     whole, and writing its output copies it."""
-    if not _runs_whole(module):
+    if not has_forward_hooks(module):  # else two steps would skip the hooks
         if hasattr(module, "begin_forward"):
             return module.begin_forward(x)
         if type(module) is torch.nn.Sequential and len(module) > 0:
