@@ -11,22 +11,33 @@ import os
 import torch
 
 _BUILDERS = {}
-# model name -> function(state_dict) -> state_dict in fastcnn's keys, for torchvision weights
-_TORCHVISION_KEYS = {}
+# model name -> (torchvision builder name, function(state_dict) -> state_dict in our keys)
+_TORCHVISION = {}
 
 
-def register_model(builder=None, *, torchvision_keys=None):
-    """Registers builder under its function name. torchvision_keys (a function mapping a
-    torchvision state_dict to this model's keys) marks models that load torchvision's
-    weights by name."""
+def _same_keys(state_dict):
+    return state_dict
+
+
+def register_model(builder=None, *, torchvision=None, torchvision_keys=_same_keys):
+    """Registers builder under its function name. `torchvision` names torchvision's builder
+    of the same architecture (same modules, initialisation and keys, up to
+    torchvision_keys, a function mapping its state_dict to this model's keys): such models
+    load torchvision's weights by name, and their tests compare them with it."""
 
     def register(fn):
         _BUILDERS[fn.__name__] = fn
-        if torchvision_keys is not None:
-            _TORCHVISION_KEYS[fn.__name__] = torchvision_keys
+        if torchvision is not None:
+            _TORCHVISION[fn.__name__] = (torchvision, torchvision_keys)
         return fn
 
     return register(builder) if builder is not None else register
+
+
+def torchvision_counterpart(name):
+    """(torchvision builder name, key-mapping function) of model `name`, or None when
+    torchvision has no model of its architecture."""
+    return _TORCHVISION.get(name)
 
 
 def list_models(pattern=None):
@@ -38,7 +49,7 @@ def list_models(pattern=None):
 def _load_weights(name, model, weights):
     if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
         state_dict = torch.load(weights, map_location="cpu", weights_only=True)
-    elif isinstance(weights, str) and name in _TORCHVISION_KEYS:
+    elif isinstance(weights, str) and name in _TORCHVISION:
         import torchvision
 
         try:
@@ -52,10 +63,10 @@ def _load_weights(name, model, weights):
             raise RuntimeError(
                 f"could not download torchvision's {weights} ({error}); on a machine without "
                 f"network, pass the path of a saved state_dict instead") from None
-        state_dict = _TORCHVISION_KEYS[name](state_dict)
+        state_dict = _TORCHVISION[name][1](state_dict)
     else:
         raise ValueError(f"weights must be the path of a saved state_dict file"
-                         f"{' or a torchvision weights name' if name in _TORCHVISION_KEYS else ''}"
+                         f"{' or a torchvision weights name' if name in _TORCHVISION else ''}"
                          f", got {weights!r}")
     model.load_state_dict(state_dict, strict=True)
 

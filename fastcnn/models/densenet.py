@@ -76,25 +76,25 @@ def _densenet(growth_rate, block_config, num_init_features, **kwargs):
     return DenseNet(growth_rate, block_config, num_init_features, **kwargs)
 
 
-@register_model(torchvision_keys=torchvision_state_dict)
+@register_model(torchvision="densenet121", torchvision_keys=torchvision_state_dict)
 def densenet121(**kwargs):
     """DenseNet-121 (k = 32, blocks of 6, 12, 24, 16 layers), torchvision's keys."""
     return _densenet(32, (6, 12, 24, 16), 64, **kwargs)
 
 
-@register_model(torchvision_keys=torchvision_state_dict)
+@register_model(torchvision="densenet161", torchvision_keys=torchvision_state_dict)
 def densenet161(**kwargs):
     """DenseNet-161 (k = 48, blocks of 6, 12, 36, 24 layers), torchvision's keys."""
     return _densenet(48, (6, 12, 36, 24), 96, **kwargs)
 
 
-@register_model(torchvision_keys=torchvision_state_dict)
+@register_model(torchvision="densenet169", torchvision_keys=torchvision_state_dict)
 def densenet169(**kwargs):
     """DenseNet-169 (k = 32, blocks of 6, 12, 32, 32 layers), torchvision's keys."""
     return _densenet(32, (6, 12, 32, 32), 64, **kwargs)
 
 
-@register_model(torchvision_keys=torchvision_state_dict)
+@register_model(torchvision="densenet201", torchvision_keys=torchvision_state_dict)
 def densenet201(**kwargs):
     """DenseNet-201 (k = 32, blocks of 6, 12, 48, 32 layers), torchvision's keys."""
     return _densenet(32, (6, 12, 48, 32), 64, **kwargs)
