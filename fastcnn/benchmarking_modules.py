@@ -96,6 +96,8 @@ class Module:
     # Whether torch.compile is a baseline without --full (a whole network compiles for
     # minutes on CPU).
     compile_by_default: bool = True
+    # The passes of the quick CPU subset; none keeps the module out of it.
+    quick_modes: tuple = ("forward+backward",)
 
 
 MODULES = {
@@ -118,6 +120,7 @@ class ModuleCase:
     mode: str
     implementations: tuple
     dtype: torch.dtype = torch.float32
+    spec: Module = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def layout(self):
@@ -128,22 +131,23 @@ class ModuleCase:
         return f"{self.module} {'x'.join(map(str, self.shape))} {self.layout} {self.mode}"
 
 
-def module_cases(names=tuple(MODULES), device="cpu", batch=None, layouts=(False, True),
-                 modes=MODES, quick=False, full=False, compile=True):
-    """Every (module, layout, mode) case. quick: the CPU subset, NCHW training steps at
-    each module's quick batch without torch.compile; full: torch.compile for every module.
-    batch, when given, replaces every module's default."""
+def module_cases(names=None, device="cpu", batch=None, layouts=(False, True), modes=MODES,
+                 quick=False, full=False, compile=True, specs=MODULES):
+    """Every (module, layout, mode) case of the named modules of specs (all by default).
+    quick: the CPU subset, each module's quick passes in NCHW at its quick batch without
+    torch.compile; full: torch.compile for every module. batch, when given, replaces every
+    module's default."""
     kind = "quick" if quick else ("cuda" if torch.device(device).type == "cuda" else "cpu")
     selected = []
-    for name in names:
-        spec = MODULES[name]
+    for name in names or tuple(specs):
+        spec = specs[name]
         implementations = spec.implementations
         if compile and not quick and (full or spec.compile_by_default):
             implementations += ("compile",)
         selected += [ModuleCase(name, (batch or spec.batch[kind], *spec.chw), channels_last,
-                                mode, implementations)
+                                mode, implementations, spec=spec)
                      for channels_last in layouts for mode in modes
-                     if not quick or (not channels_last and mode == "forward+backward")]
+                     if not quick or (not channels_last and mode in spec.quick_modes)]
     return selected
 
 
@@ -155,7 +159,7 @@ class Step:
     def __init__(self, module, case, device, inputs=2):
         self.module = module
         self.train = case.mode == "forward+backward"
-        wants_grad = self.train and not MODULES[case.module].images
+        wants_grad = self.train and not case.spec.images
         self.inputs = [benchmarking.make_input(case, device, requires_grad=wants_grad)
                        for _ in range(inputs)]
         self.calls = 0
@@ -187,7 +191,7 @@ def build(case, device, implementations=None):
     """{implementation: Step} for the case's implementations (or those given), every
     module with the same weights."""
     implementations = implementations or case.implementations
-    modules = MODULES[case.module].make()
+    modules = case.spec.make()
     memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
     for module in modules.values():
         module.to(device=device, dtype=case.dtype, memory_format=memory_format)

@@ -11,6 +11,8 @@ import os
 import torch
 
 _BUILDERS = {}
+# model name -> the (C, H, W) of the images it was designed for
+_INPUT_SIZE = {}
 # model name -> (torchvision builder name, function(state_dict) -> state_dict in our keys)
 _TORCHVISION = {}
 
@@ -19,19 +21,34 @@ def _same_keys(state_dict):
     return state_dict
 
 
-def register_model(builder=None, *, torchvision=None, torchvision_keys=_same_keys):
-    """Registers builder under its function name. `torchvision` names torchvision's builder
-    of the same architecture (same modules, initialisation and keys, up to
-    torchvision_keys, a function mapping its state_dict to this model's keys): such models
-    load torchvision's weights by name, and their tests compare them with it."""
+def register_model(builder=None, *, input_size=(3, 224, 224), torchvision=None,
+                   torchvision_keys=_same_keys):
+    """Registers builder under its function name, with the (C, H, W) input size of its
+    paper. `torchvision` names torchvision's builder of the same architecture (same
+    modules, initialisation and keys, up to torchvision_keys, a function mapping its
+    state_dict to this model's keys): such models load torchvision's weights by name, and
+    their tests compare them with it."""
 
     def register(fn):
         _BUILDERS[fn.__name__] = fn
+        _INPUT_SIZE[fn.__name__] = tuple(input_size)
         if torchvision is not None:
             _TORCHVISION[fn.__name__] = (torchvision, torchvision_keys)
         return fn
 
     return register(builder) if builder is not None else register
+
+
+def _check_name(name):
+    if name not in _BUILDERS:
+        close = fnmatch.filter(_BUILDERS, f"*{name}*") or list_models()
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(close)}")
+
+
+def default_input_size(name):
+    """The (C, H, W) of the images model `name` was designed for (with in_chans=C)."""
+    _check_name(name)
+    return _INPUT_SIZE[name]
 
 
 def torchvision_counterpart(name):
@@ -74,9 +91,7 @@ def _load_weights(name, model, weights):
 def create_model(name, weights=None, **kwargs):
     """The model `name` built with kwargs (num_classes=..., in_chans=..., ...), with
     `weights` loaded (strict) when given."""
-    if name not in _BUILDERS:
-        close = fnmatch.filter(_BUILDERS, f"*{name}*") or list_models()
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(close)}")
+    _check_name(name)
     model = _BUILDERS[name](**kwargs)
     if weights is not None:
         _load_weights(name, model, weights)

@@ -17,7 +17,7 @@ from fastcnn.nn import DenseBlock, MaxPool2d, Transition
 
 class DenseNet(nn.Module):
     """features (conv0, norm0, relu0, pool0, denseblock1, transition1, ..., denseblock4,
-    norm5) and classifier, as torchvision's DenseNet. forward runs them on the fused ops;
+    norm5) and classifier, as torchvision's DenseNet; 224 x 224 input. forward_features(x) runs them on the fused ops; the module
     `features(x)` alone runs them one module at a time and gives torchvision's features."""
 
     def __init__(self, growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64,
@@ -51,14 +51,21 @@ class DenseNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.constant_(m.bias, 0)
 
-    def forward(self, x):
+    def forward_features(self, x):
+        """The last feature map, after norm5 and its ReLU."""
         f = self.features
         x = conv_bn_relu(x, f.conv0, f.norm0)  # N x 64 x 112 x 112 (224 x 224 input)
         x = f.pool0(x)  # N x 64 x 56 x 56
         for block in list(f.children())[4:-1]:  # dense blocks and transitions
             x = block(x)  # ... N x 1024 x 7 x 7
-        x = bn_relu(x, f.norm5)
-        return self.classifier(global_avg_pool2d(x).flatten(1))  # N x num_classes
+        return bn_relu(x, f.norm5)
+
+    def forward_head(self, x, pre_logits=False):
+        x = global_avg_pool2d(x).flatten(1)  # N x 1024
+        return x if pre_logits else self.classifier(x)  # N x num_classes
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
 
 
 # torchvision's published DenseNet weights name the layers' parameters "norm.1", "conv.2",
@@ -78,23 +85,27 @@ def _densenet(growth_rate, block_config, num_init_features, **kwargs):
 
 @register_model(torchvision="densenet121", torchvision_keys=torchvision_state_dict)
 def densenet121(**kwargs):
-    """DenseNet-121 (k = 32, blocks of 6, 12, 24, 16 layers), torchvision's keys."""
+    """DenseNet-121 (k = 32, blocks of 6, 12, 24, 16 layers), torchvision's keys;
+    7,978,856 parameters."""
     return _densenet(32, (6, 12, 24, 16), 64, **kwargs)
 
 
 @register_model(torchvision="densenet161", torchvision_keys=torchvision_state_dict)
 def densenet161(**kwargs):
-    """DenseNet-161 (k = 48, blocks of 6, 12, 36, 24 layers), torchvision's keys."""
+    """DenseNet-161 (k = 48, blocks of 6, 12, 36, 24 layers), torchvision's keys;
+    28,681,000 parameters."""
     return _densenet(48, (6, 12, 36, 24), 96, **kwargs)
 
 
 @register_model(torchvision="densenet169", torchvision_keys=torchvision_state_dict)
 def densenet169(**kwargs):
-    """DenseNet-169 (k = 32, blocks of 6, 12, 32, 32 layers), torchvision's keys."""
+    """DenseNet-169 (k = 32, blocks of 6, 12, 32, 32 layers), torchvision's keys;
+    14,149,480 parameters."""
     return _densenet(32, (6, 12, 32, 32), 64, **kwargs)
 
 
 @register_model(torchvision="densenet201", torchvision_keys=torchvision_state_dict)
 def densenet201(**kwargs):
-    """DenseNet-201 (k = 32, blocks of 6, 12, 48, 32 layers), torchvision's keys."""
+    """DenseNet-201 (k = 32, blocks of 6, 12, 48, 32 layers), torchvision's keys;
+    20,013,928 parameters."""
     return _densenet(32, (6, 12, 48, 32), 64, **kwargs)
