@@ -17,8 +17,9 @@ from fastcnn.nn import DenseBlock, MaxPool2d, Transition
 
 class DenseNet(nn.Module):
     """features (conv0, norm0, relu0, pool0, denseblock1, transition1, ..., denseblock4,
-    norm5) and classifier, as torchvision's DenseNet; 224 x 224 input. forward_features(x) runs them on the fused ops; the module
-    `features(x)` alone runs them one module at a time and gives torchvision's features."""
+    norm5) and classifier, as torchvision's DenseNet; 224 x 224 input. forward_features(x)
+    runs them on the fused ops; the module `features(x)` alone runs them one module at a
+    time and gives torchvision's features."""
 
     def __init__(self, growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64,
                  bn_size=4, drop_rate=0.0, num_classes=1000, in_chans=3):
