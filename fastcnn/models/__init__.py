@@ -4,13 +4,15 @@ from fastcnn.models._registry import (create_model, default_input_size, list_mod
                                       register_model, torchvision_counterpart)
 from fastcnn.models.alexnet import AlexNet, TorchvisionAlexNet, alexnet, alexnet_torchvision
 from fastcnn.models.densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
+from fastcnn.models.googlenet import GoogLeNet, GoogLeNetBN, googlenet, googlenet_torchvision
 from fastcnn.models.reference import torch_layers
 from fastcnn.models.vgg import (VGG, vgg11, vgg11_bn, vgg11_lrn, vgg13, vgg13_bn, vgg16,
                                 vgg16_bn, vgg19, vgg19_bn)
 from fastcnn.models.zfnet import ZFNet, zfnet
 
-__all__ = ["AlexNet", "DenseNet", "TorchvisionAlexNet", "VGG", "ZFNet", "alexnet",
-           "alexnet_torchvision", "create_model", "default_input_size", "densenet121",
-           "densenet161", "densenet169", "densenet201", "list_models", "register_model",
+__all__ = ["AlexNet", "DenseNet", "GoogLeNet", "GoogLeNetBN", "TorchvisionAlexNet", "VGG",
+           "ZFNet", "alexnet", "alexnet_torchvision", "create_model", "default_input_size",
+           "densenet121", "densenet161", "densenet169", "densenet201", "googlenet",
+           "googlenet_torchvision", "list_models", "register_model",
            "torch_layers", "torchvision_counterpart", "vgg11", "vgg11_bn", "vgg11_lrn",
            "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "zfnet"]
