@@ -6,13 +6,16 @@ from fastcnn.models.alexnet import AlexNet, TorchvisionAlexNet, alexnet, alexnet
 from fastcnn.models.densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
 from fastcnn.models.googlenet import GoogLeNet, GoogLeNetBN, googlenet, googlenet_torchvision
 from fastcnn.models.reference import torch_layers
+from fastcnn.models.resnet import (BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50,
+                                   resnet101, resnet152)
 from fastcnn.models.vgg import (VGG, vgg11, vgg11_bn, vgg11_lrn, vgg13, vgg13_bn, vgg16,
                                 vgg16_bn, vgg19, vgg19_bn)
 from fastcnn.models.zfnet import ZFNet, zfnet
 
-__all__ = ["AlexNet", "DenseNet", "GoogLeNet", "GoogLeNetBN", "TorchvisionAlexNet", "VGG",
+__all__ = ["AlexNet", "BasicBlock", "Bottleneck", "DenseNet", "GoogLeNet", "GoogLeNetBN", "TorchvisionAlexNet", "VGG",
            "ZFNet", "alexnet", "alexnet_torchvision", "create_model", "default_input_size",
            "densenet121", "densenet161", "densenet169", "densenet201", "googlenet",
-           "googlenet_torchvision", "list_models", "register_model",
+           "googlenet_torchvision", "list_models", "register_model", "ResNet", "resnet18",
+           "resnet34", "resnet50", "resnet101", "resnet152",
            "torch_layers", "torchvision_counterpart", "vgg11", "vgg11_bn", "vgg11_lrn",
            "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "zfnet"]
