@@ -1,4 +1,5 @@
-"""The `fastcnn` command: `fastcnn info` and `fastcnn bench`."""
+"""The `fastcnn` command: `fastcnn info`, `fastcnn bench`, and `fastcnn train` / `fastcnn eval`
+(fastcnn.train.cli)."""
 
 import argparse
 import json
@@ -135,6 +136,8 @@ def build_parser():
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("-v", "--verbose", action="store_true", help="log each measurement")
     bench.set_defaults(handler=_bench)
+    from fastcnn.train.cli import add_commands
+    add_commands(commands)
     return parser
 
 
