@@ -121,12 +121,16 @@ bool plain_plane(const T* x, int64_t x_stride_h, T* y, int64_t y_stride_h, const
   const int64_t interior = aw.interior_end - aw.interior_begin;
   const int64_t out_lanes = whole(interior);
   // input rows [0, in_rows_whole) can be read over in_lanes, output rows [0,
-  // out_rows_whole) written over out_lanes
-  const int64_t in_rows_whole =
-      x_stride_h == aw.in ? std::max<int64_t>(0, (ah.in * aw.in - in_lanes) / aw.in + 1) : 0;
+  // out_rows_whole) written over out_lanes: the rows r with r * row + lanes <= size (none
+  // when lanes > size, where C++'s division, rounding toward zero, would give one)
+  const auto rows_within = [](int64_t size, int64_t lanes, int64_t row) -> int64_t {
+    return size >= lanes ? (size - lanes) / row + 1 : 0;
+  };
+  const int64_t in_rows_whole = x_stride_h == aw.in ? rows_within(ah.in * aw.in, in_lanes, aw.in)
+                                                    : 0;
   const int64_t out_rows_whole =
       y_stride_h == aw.out
-          ? std::max<int64_t>(0, (ah.out * aw.out - aw.interior_begin - out_lanes) / aw.out + 1)
+          ? rows_within(ah.out * aw.out - aw.interior_begin, out_lanes, aw.out)
           : 0;
   const T* rows[kMaxPlainRows];
   for (int64_t oh = 0; oh < ah.out; ++oh) {

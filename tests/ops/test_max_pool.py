@@ -174,15 +174,20 @@ def test_kernels_read_and_write_any_strides(backend_device, layout):
         torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 13, 13), (1, 2, 5, 7), (2, 3, 55, 55)])
-def test_kernels_write_nothing_outside_their_outputs(backend_device, shape):
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((2, 3, 13, 13), 3, 2, 0), ((1, 2, 5, 7), 3, 2, 0), ((2, 3, 55, 55), 3, 2, 0),
+    # planes smaller than a 16-lane vector (GoogLeNet's 3x3/1 branch on 4 x 4 maps)
+    ((2, 3, 4, 4), 3, 1, 1), ((1, 2, 3, 5), 3, 1, 1), ((2, 3, 4, 4), 2, 2, 0),
+    ((1, 3, 2, 2), 3, 2, 1)])
+def test_kernels_write_nothing_outside_their_outputs(backend_device, shape, kernel, stride,
+                                                     padding):
     """Contiguous outputs at the start of larger buffers: what follows them stays intact
     (row loops that run over whole vectors must not spill past a plane)."""
     backend, device = backend_device
     x = randn(*shape, dtype=torch.float32, device=device)
     n, c, h, w = shape
-    out_h, out_w = (h - 3) // 2 + 1, (w - 3) // 2 + 1
-    pool = ((3, 3), (2, 2), (0, 0), (1, 1))
+    out_h, out_w = ((size + 2 * padding - kernel) // stride + 1 for size in (h, w))
+    pool = ((kernel, kernel), (stride, stride), (padding, padding), (1, 1))
     kernels = backends.kernels(backend)
     for positions in (False, True):
         buffer = torch.full((n * c * out_h * out_w + 64,), -7.0, device=device)
@@ -191,7 +196,7 @@ def test_kernels_write_nothing_outside_their_outputs(backend_device, shape):
             else None
         kernels.max_pool2d_forward(x, y, p, *pool)
         assert (buffer[y.numel():] == -7.0).all()
-        torch.testing.assert_close(y, F.max_pool2d(x, 3, 2), rtol=0, atol=0)
+        torch.testing.assert_close(y, F.max_pool2d(x, kernel, stride, padding), rtol=0, atol=0)
         grad_buffer = torch.full((x.numel() + 64,), -7.0, device=device)
         if positions:
             dx = grad_buffer[:x.numel()].view(shape)
