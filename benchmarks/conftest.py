@@ -6,8 +6,10 @@ every case anywhere. On a GPU a round is CALLS_PER_GPU_SAMPLE back-to-back calls
 (pytest-benchmark's own table shows rounds; the summary, per call). After the run, a table
 gives each op case's median for fastcnn, eager PyTorch and torch.compile, fastcnn's
 speedups, and its bandwidth against a copy measured in the same run; a second table gives
-each module's (bench_modules.py) medians and peak memory. --save-results PATH writes both
-as JSON (the format of benchmarks/results/*.json and `fastcnn bench --json`).
+each module's (bench_modules.py) medians and peak memory, a third each zoo model's
+(bench_models.py: on CPU, inference of four models at batch 8 unless --full).
+--save-results PATH writes them as JSON (the format of benchmarks/results/*.json and
+`fastcnn bench --json`).
 """
 
 import json
@@ -15,12 +17,12 @@ import json
 import pytest
 import torch
 
-from fastcnn import benchmarking, benchmarking_modules
+from fastcnn import benchmarking, benchmarking_models, benchmarking_modules
 from fastcnn.benchmarking_memory import peak_memory_bytes
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _medians = {}  # Case -> {implementation: median ms}
-_module_runs = {}  # ModuleCase -> {implementation: (median ms, peak bytes)}
+_module_runs = {}  # ModuleCase -> {implementation: (median ms, peak bytes)}, models too
 
 
 def pytest_addoption(parser):
@@ -35,18 +37,21 @@ def benchmark_cases(config_full):
     return benchmarking.cases(batch=16, quick=True)
 
 
-def benchmark_module_cases(config_full):
+def benchmark_module_cases(config_full, specs=benchmarking_modules.MODULES):
     quick = DEVICE == "cpu" and not config_full
-    return benchmarking_modules.module_cases(device=DEVICE, quick=quick, full=config_full)
+    return benchmarking_modules.module_cases(device=DEVICE, quick=quick, full=config_full,
+                                             specs=specs)
 
 
 def pytest_generate_tests(metafunc):
-    if "module_case" in metafunc.fixturenames:
-        pairs = [(case, implementation)
-                 for case in benchmark_module_cases(metafunc.config.getoption("full"))
-                 for implementation in case.implementations]
-        metafunc.parametrize(("module_case", "module_implementation"), pairs,
-                             ids=[f"{c.label}-{i}".replace(" ", "-") for c, i in pairs])
+    for kind, specs in (("module", benchmarking_modules.MODULES),
+                        ("model", benchmarking_models.MODELS)):
+        if f"{kind}_case" in metafunc.fixturenames:
+            pairs = [(case, implementation)
+                     for case in benchmark_module_cases(metafunc.config.getoption("full"), specs)
+                     for implementation in case.implementations]
+            metafunc.parametrize((f"{kind}_case", f"{kind}_implementation"), pairs,
+                                 ids=[f"{c.label}-{i}".replace(" ", "-") for c, i in pairs])
     if "case" in metafunc.fixturenames:
         op = metafunc.module.OP
         selected = [c for c in benchmark_cases(metafunc.config.getoption("full")) if c.op == op]
@@ -114,10 +119,10 @@ def time_module(benchmark):
     return run
 
 
-def _module_rows():
+def _module_rows(specs):
     rows = []
     for case, runs in _module_runs.items():
-        if "fastcnn" in runs:
+        if "fastcnn" in runs and case.module in specs:
             milliseconds = {name: ms for name, (ms, _) in runs.items()}
             peaks = {name: peak for name, (_, peak) in runs.items()}
             rows.append(benchmarking_modules.summarize(case, milliseconds, peaks, DEVICE))
@@ -138,7 +143,9 @@ def _op_rows():
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    rows, module_rows = _op_rows(), _module_rows()
+    rows = _op_rows()
+    module_rows = _module_rows(benchmarking_modules.MODULES)
+    model_rows = _module_rows(benchmarking_models.MODELS)
     if rows:
         implementations = [i for i in benchmarking.IMPLEMENTATIONS
                            if any(row.get(f"{i}_ms") is not None for row in rows)]
@@ -149,10 +156,15 @@ def pytest_terminal_summary(terminalreporter, config):
                                         "(medians and peak memory)")
         terminalreporter.write_line(benchmarking_modules.format_table(module_rows))
         terminalreporter.write_line(benchmarking_modules.describe(DEVICE))
+    if model_rows:
+        terminalreporter.write_sep("=", f"fastcnn's zoo vs the same networks on PyTorch's "
+                                        f"layers on {DEVICE} (medians and peak memory)")
+        terminalreporter.write_line(benchmarking_modules.format_table(model_rows))
+        terminalreporter.write_line(benchmarking_modules.describe(DEVICE))
     path = config.getoption("save_results")
-    if path and (rows or module_rows):
+    if path and (rows or module_rows or model_rows):
         with open(path, "w") as f:
             json.dump({"environment": benchmarking.environment(DEVICE), "results": rows,
-                       "modules": module_rows}, f, indent=2)
+                       "modules": module_rows, "models": model_rows}, f, indent=2)
             f.write("\n")
         terminalreporter.write_line(f"wrote {path}")

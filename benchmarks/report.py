@@ -54,14 +54,14 @@ def _saving(row, name):
     return "n/a" if value is None else f"{value:.0%}".replace("-0%", "0%")
 
 
-def _module_table(rows):
+def _module_table(rows, title="Modules", column="module"):
     """One line per implementation; fastcnn's speedup and memory saving on each baseline's."""
     methods = sorted({row["peak_memory_by"] for row in rows})
     lines = [
-        f"Modules (peak MB: the most tensor memory allocated at once during one call, "
+        f"{title} (peak MB: the most tensor memory allocated at once during one call, "
         f"MB = 10^6 bytes, measured with {', '.join(methods)}):",
         "",
-        "| module | input | layout | pass | implementation | ms | peak MB "
+        f"| {column} | input | layout | pass | implementation | ms | peak MB "
         "| fastcnn speedup | fastcnn memory saving |",
         "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
@@ -77,7 +77,8 @@ def _module_table(rows):
 
 
 def table(path):
-    """A results file's heading, its op table and, where it has them, its module table."""
+    """A results file's heading, its op table and, where it has them, its module and model
+    tables."""
     data = json.loads(path.read_text())
     env = data["environment"]
     lines = [
@@ -90,6 +91,10 @@ def table(path):
         lines += ["", *_op_table(data["results"])]
     if data.get("modules"):
         lines += ["", *_module_table(data["modules"])]
+    if data.get("models"):
+        lines += ["", *_module_table(
+            data["models"], "Models against the same network on PyTorch's layers, same weights",
+            "model")]
     return "\n".join(lines)
 
 

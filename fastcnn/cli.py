@@ -37,28 +37,37 @@ def _info(args):
 
 
 def _selected_cases(args, device, batch):
-    """The op cases and module cases that `fastcnn bench` runs, and whether they are the
-    quick CPU subset. Naming ops or modules times only those; naming neither times both.
-    On CPU, without --full, --ops or --modules, their quick cases (a few minutes on 2
-    cores)."""
-    from fastcnn import benchmarking, benchmarking_modules
+    """The op, module and model cases that `fastcnn bench` runs, and whether any is a quick
+    CPU subset. Naming ops, modules or models times only those; naming none times all.
+    On CPU, without --full or a name, their quick cases (a few minutes on 2 cores)."""
+    from fastcnn import benchmarking, benchmarking_models, benchmarking_modules
 
     cpu = torch.device(device).type == "cpu"
     layouts = {"both": (False, True), "nchw": (False,), "channels_last": (True,)}[args.layout]
     modes = benchmarking.MODES if args.mode == "both" else (args.mode,)
-    quick_ops = cpu and not args.full and args.ops is None
-    quick_modules = cpu and not args.full and args.modules is None
-    case_list = module_list = []
-    if args.ops or not args.modules:
+    named = args.ops is not None or args.modules is not None or args.models is not None
+    quick = {kind: cpu and not args.full and getattr(args, kind) is None
+             for kind in ("ops", "modules", "models")}
+    case_list = module_list = model_list = []
+    if args.ops is not None or not named:
         case_list = benchmarking.cases(ops=args.ops or sorted(benchmarking.OPS), batch=batch,
-                                       layouts=layouts, modes=modes, quick=quick_ops)
-    if args.modules or not (args.ops or args.no_modules):
-        module_list = benchmarking_modules.module_cases(
-            names=args.modules or tuple(benchmarking_modules.MODULES), device=device,
-            batch=args.batch, layouts=layouts, modes=modes, quick=quick_modules,
-            full=args.full, compile=not args.no_compile)
-    quick = bool((quick_ops and case_list) or (quick_modules and module_list))
-    return case_list, module_list, quick
+                                       layouts=layouts, modes=modes, quick=quick["ops"])
+    for kind, specs, skip in (("modules", benchmarking_modules.MODULES, args.no_modules),
+                              ("models", benchmarking_models.MODELS, args.no_models)):
+        names = getattr(args, kind)
+        if names is None and (named or skip):
+            continue
+        selected = benchmarking_modules.module_cases(
+            names=names or tuple(specs), device=device, batch=args.batch, layouts=layouts,
+            modes=modes, quick=quick[kind], full=args.full, compile=not args.no_compile,
+            specs=specs)
+        if kind == "modules":
+            module_list = selected
+        else:
+            model_list = selected
+    quick = any(quick[kind] and cases for kind, cases in
+                (("ops", case_list), ("modules", module_list), ("models", model_list)))
+    return case_list, module_list, model_list, quick
 
 
 def _bench(args):
@@ -67,7 +76,7 @@ def _bench(args):
     device = args.device or _default_device()
     batch = args.batch or (16 if torch.device(device).type == "cpu" else 128)
     implementations = ("fastcnn", "eager") if args.no_compile else benchmarking.IMPLEMENTATIONS
-    case_list, module_list, quick = _selected_cases(args, device, batch)
+    case_list, module_list, model_list, quick = _selected_cases(args, device, batch)
     env = benchmarking.environment(device)
     print(f"fastcnn bench on {env['device']} (torch {env['torch']}, triton {env['triton']}); "
           f"median of {args.repeats} runs each, float32"
@@ -89,10 +98,17 @@ def _bench(args):
         print()
         print(benchmarking_modules.format_table(modules))
         print(benchmarking_modules.describe(device))
+    models = benchmarking_modules.run(model_list, device, args.repeats, log=log)
+    if models:
+        print()
+        print("zoo models against the same networks on PyTorch's layers (eager: torchvision's "
+              "model where it has one), same weights")
+        print(benchmarking_modules.format_table(models))
+        print(benchmarking_modules.describe(device))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "results": results, "modules": modules}, f,
-                      indent=2)
+            json.dump({"environment": env, "results": results, "modules": modules,
+                       "models": models}, f, indent=2)
             f.write("\n")
         print(f"wrote {args.json}")
     return 0
@@ -100,7 +116,8 @@ def _bench(args):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="fastcnn", description="Fast kernels for classic CNNs: status and benchmarks.")
+        prog="fastcnn", description="Fast kernels for classic CNNs: status, benchmarks, "
+        "training and evaluation of the model zoo.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="versions and which kernel backends can run here")
@@ -108,6 +125,7 @@ def build_parser():
     info.set_defaults(handler=_info)
 
     from fastcnn.benchmarking import MODES, OPS
+    from fastcnn.benchmarking_models import MODELS
     from fastcnn.benchmarking_modules import MODULES
 
     bench = commands.add_parser(
@@ -121,7 +139,13 @@ def build_parser():
     modules.add_argument("--modules", nargs="+", choices=list(MODULES),
                          help="modules to time, every case of each (default: all of them, "
                          "after the ops; on CPU only their quick cases unless --full)")
-    modules.add_argument("--no-modules", action="store_true", help="time the ops only")
+    modules.add_argument("--no-modules", action="store_true", help="leave the modules out")
+    models = bench.add_mutually_exclusive_group()
+    models.add_argument("--models", nargs="*", choices=list(MODELS),
+                        help="zoo models to time against the same network on PyTorch's "
+                        "layers, every case of each (alone: all of them; default: all, on "
+                        "CPU only inference of four at batch 8 unless --full)")
+    models.add_argument("--no-models", action="store_true", help="leave the models out")
     bench.add_argument("--full", action="store_true",
                        help="every case of every op and module, and torch.compile for every "
                        "module (on CPU the default is a quick subset)")
