@@ -85,7 +85,8 @@ def table(path):
         f"**{env['device']}** — torch {env['torch']}, triton {env['triton']}, "
         f"fastcnn {env['fastcnn']} ({env.get('commit') or 'no commit recorded'}), "
         f"{env['date']} (`{path.relative_to(ROOT)}`)"
-        + (f"; {env['allocator']}" if env.get("allocator") else ""),
+        + (f"; {env['allocator']}" if env.get("allocator") else "")
+        + (f". Note: {env['note']}" if env.get("note") else ""),
     ]
     if data["results"]:
         lines += ["", *_op_table(data["results"])]

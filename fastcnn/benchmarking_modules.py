@@ -178,9 +178,10 @@ class Step:
                 self.module(x)
             return
         y = self.module(x)
+        outputs = list(y) if isinstance(y, tuple) else [y]  # GoogLeNet's aux logits too
         if self.grad is None:
-            self.grad = torch.randn_like(y)
-        y.backward(self.grad)
+            self.grad = [torch.randn_like(output) for output in outputs]
+        torch.autograd.backward(outputs, self.grad)
 
     def __call__(self):
         self.clear()
