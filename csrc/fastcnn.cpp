@@ -54,6 +54,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_output"), py::arg("positions"), py::arg("grad_input"),
         py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("relu_lrn_max_pool2d_forward", &fastcnn::cpu::relu_lrn_max_pool2d_forward,
+        "ReLU -> LRN -> max-pooling into output (and the winners' window positions into "
+        "positions, unless None); (N, C, H, W) tensors.",
+        py::arg("input"), py::arg("output"), py::arg("positions"), py::arg("size"),
+        py::arg("alpha"), py::arg("beta"), py::arg("k"), py::arg("kernel_size"),
+        py::arg("stride"), py::arg("padding"), py::call_guard<py::gil_scoped_release>());
+  m.def("relu_lrn_max_pool2d_backward", &fastcnn::cpu::relu_lrn_max_pool2d_backward,
+        "ReLU -> LRN -> max-pooling gradient w.r.t. input into grad_input, from input and "
+        "the window positions.",
+        py::arg("input"), py::arg("grad_output"), py::arg("positions"), py::arg("grad_input"),
+        py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"),
+        py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("global_avg_pool2d_forward", &fastcnn::cpu::global_avg_pool2d_forward,
         "Mean over S of an (N, C, S) view into an (N, C, 1) view.", py::arg("input"),
         py::arg("output"), py::call_guard<py::gil_scoped_release>());

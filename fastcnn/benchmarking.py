@@ -68,6 +68,18 @@ def _max_pool_bytes(shape, element_size, mode):
     return 2 * (inputs + outputs) * element_size + 2 * outputs
 
 
+def _relu_lrn_max_pool_torch(x, size, alpha, beta, k, kernel_size, stride):
+    """ReLU -> LRN -> max-pool from PyTorch's functions: the fused op's baseline."""
+    z = F.local_response_norm(torch.relu(x), size, alpha, beta, k)
+    return F.max_pool2d(z, kernel_size, stride)
+
+
+def _relu_lrn_max_pool_bytes(shape, element_size, mode):
+    # max-pooling's traffic, with backward reading x as well (the ReLU and LRN recomputed)
+    extra = 0 if mode == "forward" else math.prod(shape) * element_size
+    return _max_pool_bytes(shape, element_size, mode) + extra
+
+
 def _global_avg_pool_bytes(shape, element_size, mode):
     # forward reads x (its output is N x C); backward writes dx
     return {"forward": 1, "forward+backward": 2}[mode] * math.prod(shape) * element_size
@@ -143,6 +155,17 @@ OPS = {
         },
         min_bytes=_max_pool_bytes,
         quick=(("alexnet.pool1", "NCHW"), ("alexnet.pool1", "channels_last")),
+    ),
+    "relu_lrn_max_pool": Op(
+        ours=functools.partial(fastcnn.functional.relu_lrn_max_pool2d, **_LRN_ARGS,
+                               **_MAX_POOL_ARGS),
+        theirs=functools.partial(_relu_lrn_max_pool_torch, **_LRN_ARGS, **_MAX_POOL_ARGS),
+        layers={
+            "alexnet.conv1": (96, 55, 55),  # conv1's output, before its ReLU
+            "alexnet.conv2": (256, 27, 27),  # conv2's output, before its ReLU
+        },
+        min_bytes=_relu_lrn_max_pool_bytes,
+        quick=(("alexnet.conv1", "NCHW"),),
     ),
     "global_avg_pool": Op(
         ours=fastcnn.functional.global_avg_pool2d,

@@ -32,6 +32,21 @@ void max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& positi
                          at::IntArrayRef stride, at::IntArrayRef padding,
                          at::IntArrayRef dilation);
 
+// ReLU -> LRN -> max-pooling of (N, C, H, W) input (any strides) into (N, C, OH, OW)
+// output, and positions (uint8, kh * kernel_w + kw), if given, of each winner in its window
+// (dilation 1, at most 256 taps); the gradient w.r.t. input from input and positions.
+void relu_lrn_max_pool2d_forward(const at::Tensor& input, const at::Tensor& output,
+                                 const std::optional<at::Tensor>& positions, int64_t size,
+                                 double alpha, double beta, double k,
+                                 at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding);
+
+void relu_lrn_max_pool2d_backward(const at::Tensor& input, const at::Tensor& grad_output,
+                                  const at::Tensor& positions, const at::Tensor& grad_input,
+                                  int64_t size, double alpha, double beta, double k,
+                                  at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding);
+
 // Global average pooling of an (N, C, S) view into an (N, C, 1) view, and its gradient.
 void global_avg_pool2d_forward(const at::Tensor& input, const at::Tensor& output);
 

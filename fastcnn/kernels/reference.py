@@ -196,3 +196,33 @@ def concat_forward(inputs, output, dim):
     for t in inputs:
         output.narrow(dim, offset, t.shape[dim]).copy_(t)
         offset += t.shape[dim]
+
+
+# ReLU -> LRN -> max-pooling (fastcnn.ops.relu_lrn_max_pool): (N, C, H, W) tensors, the LRN
+# output z = lrn(relu(x)) in the compute dtype, pooled without rounding it to x's dtype.
+
+def relu_lrn_max_pool2d_grad_input(input, grad_output, positions, size, alpha, beta, k,
+                                   kernel_size, stride, padding):
+    """dL/dinput of max_pool2d(lrn(relu(input))) from dL/doutput and the winners'
+    positions, from differentiable PyTorch ops, in the compute dtype: the pooled gradient
+    gathered onto z, then LRN's gradient, then ReLU's mask (torch's threshold_backward:
+    zero where input <= 0, NaN passes)."""
+    dtype = _compute_dtype(input.dtype)
+    grad_z = max_pool2d_grad_input(grad_output.to(dtype), positions, tuple(input.shape[2:]),
+                                   kernel_size, stride, padding, (1, 1))
+    x = input.to(dtype)
+    grad_r = lrn_grad_input(torch.relu(x), grad_z, size, alpha, beta, k)
+    return torch.where(x <= 0, 0.0, grad_r)
+
+
+def relu_lrn_max_pool2d_forward(input, output, positions, size, alpha, beta, k, kernel_size,
+                                stride, padding):
+    r = torch.relu(input.to(_compute_dtype(input.dtype)))
+    z = r / _lrn_scale(r, size, alpha, k).pow(beta)
+    max_pool2d_forward(z, output, positions, kernel_size, stride, padding, (1, 1))
+
+
+def relu_lrn_max_pool2d_backward(input, grad_output, positions, grad_input, size, alpha, beta,
+                                 k, kernel_size, stride, padding):
+    grad_input.copy_(relu_lrn_max_pool2d_grad_input(input, grad_output, positions, size, alpha,
+                                                    beta, k, kernel_size, stride, padding))

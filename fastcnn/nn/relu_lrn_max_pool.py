@@ -4,13 +4,12 @@ one layer."""
 
 import torch
 
-from fastcnn.functional.lrn import local_response_norm
-from fastcnn.functional.pooling import max_pool2d
+from fastcnn.functional.relu_lrn_max_pool import relu_lrn_max_pool2d
 
 
 class ReLULRNMaxPool(torch.nn.Module):
     """max_pool2d(local_response_norm(relu(x), size, alpha, beta, k), kernel_size, stride,
-    padding, ceil_mode=ceil_mode). No parameters."""
+    padding, ceil_mode=ceil_mode), one fused op forward and backward. No parameters."""
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0, kernel_size=3, stride=2,
                  padding=0, ceil_mode=False):
@@ -20,8 +19,8 @@ class ReLULRNMaxPool(torch.nn.Module):
         self.ceil_mode = ceil_mode
 
     def forward(self, input):
-        x = local_response_norm(torch.relu(input), self.size, self.alpha, self.beta, self.k)
-        return max_pool2d(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
+        return relu_lrn_max_pool2d(input, self.size, self.alpha, self.beta, self.k,
+                                   self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
     def extra_repr(self):
         return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "

@@ -14,6 +14,8 @@ from fastcnn.ops.lrn import lrn_backward, lrn_forward
 from fastcnn.ops.pooling import (global_avg_pool2d, global_avg_pool2d_backward, max_pool2d,
                                  max_pool2d_backward, max_pool2d_into,
                                  max_pool2d_with_positions, max_pool2d_with_positions_into)
+from fastcnn.ops.relu_lrn_max_pool import (relu_lrn_max_pool2d, relu_lrn_max_pool2d_backward,
+                                           relu_lrn_max_pool2d_with_positions)
 
 __all__ = [
     "batch_norm_act_backward",
@@ -33,4 +35,7 @@ __all__ = [
     "max_pool2d_with_positions",
     "max_pool2d_with_positions_into",
     "pooling",
+    "relu_lrn_max_pool2d",
+    "relu_lrn_max_pool2d_backward",
+    "relu_lrn_max_pool2d_with_positions",
 ]

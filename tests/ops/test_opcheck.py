@@ -25,6 +25,9 @@ def _samples(device, channels_last):
     v = [_vector(c).to(device) for _ in range(6)]
     pool = ([3, 3], [2, 2], [1, 1], [1, 1])
     pooled, positions = ops.max_pool2d_with_positions(x, *pool, False, "reference")
+    stem = (5, 1e-2, 0.75, 2.0, [3, 3], [2, 2], [1, 1])  # ReLU -> LRN -> max-pool
+    stem_pooled, stem_positions = ops.relu_lrn_max_pool2d_with_positions(x, *stem, False,
+                                                                         "reference")
     return [
         (ops.lrn_forward, (x, 5, 1e-2, 0.75, 2.0)),
         (ops.lrn_backward, (x, torch.randn_like(x), 5, 1e-2, 0.75, 2.0)),
@@ -34,6 +37,10 @@ def _samples(device, channels_last):
                                    channels_last)),
         (ops.max_pool2d_into, (x, *pool, torch.empty_like(pooled.repeat(1, 2, 1, 1))[:, c:])),
         (ops.max_pool2d_with_positions_into, (x, *pool, torch.empty_like(pooled))),
+        (ops.relu_lrn_max_pool2d, (x, *stem, True)),
+        (ops.relu_lrn_max_pool2d_with_positions, (x, *stem, False)),
+        (ops.relu_lrn_max_pool2d_backward, (x, torch.randn_like(stem_pooled), stem_positions,
+                                            *stem)),
         (ops.global_avg_pool2d, (x,)),
         (ops.global_avg_pool2d_backward, (randn(n, c, 1, 1, dtype=torch.float64,
                                                 device=device), h, w, channels_last)),

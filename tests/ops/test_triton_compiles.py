@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from fastcnn.kernels.triton import conv_bn_relu, global_avg_pool, lrn, max_pool
-from fastcnn.kernels.triton import concat
+from fastcnn.kernels.triton import concat, relu_lrn_max_pool
 
 ACC_DTYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32,
               "fp64": tl.float64}
@@ -102,6 +102,34 @@ def max_pool_backward_variants():
                   pointers=(("pos_ptr", "*i32"),))
 
 
+# AlexNet's stem, ReLU -> LRN(5) -> 3x3 stride 2 max-pool of (16, 96, 55, 55): every dtype
+# in NCHW (forward also without positions), channels_last, the general exponent, and a
+# window of 9 x 9 taps (too many to unroll) with an LRN window wider than one read.
+def relu_lrn_max_pool_variants(backward):
+    names = ("x", "g", "pos", "dx") if backward else ("x", "y", "pos")
+    rows, width = (55, 55) if backward else (27, 27)
+
+    def options(channels_last=False, beta=0.75, kernel_size=(3, 3), size=5, positions=True):
+        t = torch.empty(16, 96, 55, 55, device="meta")
+        if channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        launch = relu_lrn_max_pool._launch_settings(t, kernel_size, (2, 2), size, 1e-4, beta, 2.0,
+                                                    rows, width, backward)[2]
+        launch.pop("ACC_DTYPE")
+        return {**launch, **({} if backward else {"WRITE_POSITIONS": positions})}
+
+    byte = (("pos_ptr", "*u8"),)
+    for dtype in ACC_DTYPES:
+        yield Variant(dtype, options(), ones=unit_strides("w", *names), pointers=byte)
+    if not backward:
+        yield Variant("fp32", options(positions=False), ones=unit_strides("w", *names),
+                      pointers=(("pos_ptr", None),))
+    yield Variant("bf16", options(True), ones=unit_strides("c", *names), pointers=byte)
+    # lrn.py's general exponent (its variants cover the other kinds of _power)
+    yield Variant("fp32", options(beta=0.6), ones=unit_strides("w", *names), pointers=byte)
+    yield Variant("fp32", options(kernel_size=(9, 9), size=11), "i64", pointers=byte)
+
+
 # ResNet-50's (16, 2048, 7, 7) in both layouts, and a 112 x 112 image: S walked in steps.
 def gap_options(shape, channels_last):
     t = torch.empty(shape, device="meta")
@@ -171,6 +199,10 @@ KERNELS = [
     (lrn._lrn_backward_kernel, lrn_variants),
     (max_pool._max_pool2d_forward_kernel, max_pool_forward_variants),
     (max_pool._max_pool2d_backward_kernel, max_pool_backward_variants),
+    (relu_lrn_max_pool._relu_lrn_max_pool2d_forward_kernel,
+     functools.partial(relu_lrn_max_pool_variants, False)),
+    (relu_lrn_max_pool._relu_lrn_max_pool2d_backward_kernel,
+     functools.partial(relu_lrn_max_pool_variants, True)),
     (global_avg_pool._global_avg_pool2d_forward_kernel, lambda: gap_variants("x", "y")),
     (global_avg_pool._global_avg_pool2d_backward_kernel, lambda: gap_variants("dx", "g")),
 ]

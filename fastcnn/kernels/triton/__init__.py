@@ -17,6 +17,10 @@ from fastcnn.kernels.triton.max_pool import (
     max_pool2d_backward,
     max_pool2d_forward,
 )
+from fastcnn.kernels.triton.relu_lrn_max_pool import (
+    relu_lrn_max_pool2d_backward,
+    relu_lrn_max_pool2d_forward,
+)
 
 __all__ = [
     "batch_norm_act_backward",
@@ -30,4 +34,6 @@ __all__ = [
     "lrn_forward",
     "max_pool2d_backward",
     "max_pool2d_forward",
+    "relu_lrn_max_pool2d_backward",
+    "relu_lrn_max_pool2d_forward",
 ]
