@@ -15,8 +15,10 @@
 #   bench    fastcnn bench --device cuda --full --repeats GPU_CHECK_REPEATS (20), one op
 #            at a time, then the modules (--modules, all of them in one run: their
 #            training steps, NCHW, without torch.compile, which would compile three
-#            modules for longer than the phase has); each in what is left but what the
-#            items after it need (30 for an op, 90 for the modules; at least an even
+#            modules for longer than the phase has), then the models (--models lenet5
+#            alexnet googlenet resnet50, NCHW, inference and a training step, without
+#            torch.compile); each in what is left but what the items after it
+#            need (30 for an op, 90 for the modules and for the models; at least an even
 #            share, at least 30 or it is skipped); an op that runs out of time is timed
 #            again without torch.compile in what is then left to it
 # The benchmarks run whether or not the tests passed; their rows, merged, go to
@@ -40,9 +42,9 @@ MARGIN=15            # kept back for the summary and the copies
 INSTALL_LIMIT=180    # the C++ extension builds in about a minute on 16 cores
 FALLBACK_LIMIT=90    # the install without it
 TESTS_LIMIT=210
-BENCH_RESERVE=210    # what the tests leave to the benchmarks: 4 ops and the modules
+BENCH_RESERVE=210    # what the tests leave to the benchmarks: the ops, modules and models
 OP_RESERVE=30        # what the items before an op leave to it
-MODULES_RESERVE=90   # what the items before the modules leave to them
+MODULES_RESERVE=90   # what the items before the modules (or the models) leave to them
 MAIN_LOG=/dev/null   # a file once there is a GPU to check
 
 say() {
@@ -255,8 +257,11 @@ mapfile -t modules < <("$PYTHON" -c "from fastcnn import benchmarking_modules; p
 [ "${#modules[@]}" -eq 0 ] && say "bench: could not list the modules (see $bench_log)"
 items=("${ops[@]}")
 [ "${#modules[@]}" -gt 0 ] && items+=(modules)
+items+=(models)
 # reserve ITEM: what the items before ITEM leave to it
-reserve() { if [ "$1" = modules ]; then echo "$MODULES_RESERVE"; else echo "$OP_RESERVE"; fi; }
+reserve() {
+  case $1 in modules | models) echo "$MODULES_RESERVE" ;; *) echo "$OP_RESERVE" ;; esac
+}
 timed=()
 without_compile=()
 missing=()
@@ -268,7 +273,7 @@ for i in "${!items[@]}"; do
   item_json="$WORK_DIR/bench-$item.json"
   done_item=0
   attempts=(with without)
-  [ "$item" = modules ] && attempts=(without)
+  [ "$item" = modules ] || [ "$item" = models ] && attempts=(without)
   for compile in "${attempts[@]}"; do
     # what the items after it need, or where that leaves less, an even share
     now=$(left)
@@ -281,6 +286,9 @@ for i in "${!items[@]}"; do
     if [ "$item" = modules ]; then
       args=(-m fastcnn bench --device cuda --modules "${modules[@]}" --layout nchw
             --mode forward+backward --repeats "$REPEATS" --json "$item_json" -v)
+    elif [ "$item" = models ]; then
+      args=(-m fastcnn bench --device cuda --models lenet5 alexnet googlenet resnet50
+            --layout nchw --repeats "$REPEATS" --json "$item_json" -v)
     else
       args=(-m fastcnn bench --device cuda --full --ops "$item" --repeats "$REPEATS"
             --json "$item_json" -v)
@@ -294,7 +302,8 @@ for i in "${!items[@]}"; do
     if [ "$rc" -eq 0 ] && [ -s "$item_json" ]; then
       say "bench: $item done in $((SECONDS - item_start)) s"
       done_item=1
-      [ "$compile" = without ] && [ "$item" != modules ] && without_compile+=("$item")
+      [ "$compile" = without ] && [ "$item" != modules ] && [ "$item" != models ] &&
+        without_compile+=("$item")
       break
     fi
     say "bench: $item FAILED ($(ended "$rc") after $((SECONDS - item_start)) s)"
@@ -317,10 +326,12 @@ path, work, repeats, tests, without_compile, missing, *timed = sys.argv[1:]
 runs = [json.loads((pathlib.Path(work) / f"bench-{item}.json").read_text()) for item in timed]
 results = [row for run in runs for row in run["results"]]
 modules = [row for run in runs for row in run.get("modules", [])]
+models = [row for run in runs for row in run.get("models", [])]
 data = {
     "environment": runs[0]["environment"],
     "results": results,
     "modules": modules,
+    "models": models,
     "gpu_check": {"repeats": int(repeats), "tests": tests,
                   "ops_without_compile": without_compile.split(),
                   "not_timed": missing.split()},
@@ -328,8 +339,9 @@ data = {
 pathlib.Path(path).write_text(json.dumps(data, indent=2) + "\n")
 tables = [benchmarking.format_table(results)] if results else []
 tables += [benchmarking_modules.format_table(modules)] if modules else []
+tables += [benchmarking_modules.format_table(models)] if models else []
 (pathlib.Path(work) / "table.txt").write_text("\n\n".join(tables) + "\n")
-print(len(results) + len(modules))
+print(len(results) + len(modules) + len(models))
 PY
   ) || rows=0
   case $rows in '' | *[!0-9]*) rows=0 ;; esac
