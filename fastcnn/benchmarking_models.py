@@ -3,9 +3,9 @@ benchmarks/bench_models.py: each model against the same network on PyTorch's own
 with the same weights, eager and under torch.compile, inference and a training step.
 
 The baseline ("eager") is torchvision's model where the zoo model has its architecture
-(alexnet_torchvision, vgg, resnet, googlenet_torchvision, densenet), its state_dict loaded
-into fastcnn's; otherwise fastcnn.models.torch_layers(model), the model with every fastcnn
-layer swapped for nn.LocalResponseNorm, nn.MaxPool2d, Conv2d + ReLU, torch.cat, ...
+(vgg16, resnet50 here), its state_dict loaded into fastcnn's; otherwise
+fastcnn.models.torch_layers(model), the model with every fastcnn layer swapped for
+nn.LocalResponseNorm, nn.MaxPool2d, Conv2d + ReLU, torch.cat, ...
 The cases, timing and memory measurement are benchmarking_modules' (a model is a module
 whose input is a batch of images).
 """

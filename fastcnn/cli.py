@@ -147,8 +147,8 @@ def build_parser():
                         "CPU only inference of four at batch 8 unless --full)")
     models.add_argument("--no-models", action="store_true", help="leave the models out")
     bench.add_argument("--full", action="store_true",
-                       help="every case of every op and module, and torch.compile for every "
-                       "module (on CPU the default is a quick subset)")
+                       help="every case of every op, module and model, and torch.compile for "
+                       "every module and model (on CPU the default is a quick subset)")
     bench.add_argument("--batch", type=int, help="batch size (default: 16 on CPU, 128 on GPU for "
                        "ops; each module's own, smaller ones in the quick CPU subset)")
     bench.add_argument("--layout", choices=["both", "nchw", "channels_last"], default="both")

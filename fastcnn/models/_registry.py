@@ -15,6 +15,8 @@ _BUILDERS = {}
 _INPUT_SIZE = {}
 # model name -> (torchvision builder name, function(state_dict) -> state_dict in our keys)
 _TORCHVISION = {}
+# model name -> builder arguments that torchvision's published weights imply
+_WEIGHTS_ARGUMENTS = {}
 
 
 def _same_keys(state_dict):
@@ -22,18 +24,21 @@ def _same_keys(state_dict):
 
 
 def register_model(builder=None, *, input_size=(3, 224, 224), torchvision=None,
-                   torchvision_keys=_same_keys):
+                   torchvision_keys=_same_keys, weights_arguments=None):
     """Registers builder under its function name, with the (C, H, W) input size of its
     paper. `torchvision` names torchvision's builder of the same architecture (same
     modules, initialisation and keys, up to torchvision_keys, a function mapping its
     state_dict to this model's keys): such models load torchvision's weights by name, and
-    their tests compare them with it."""
+    their tests compare them with it. weights_arguments: the builder arguments torchvision
+    sets for its published weights (GoogLeNet's transform_input=True), which a weights name
+    implies unless given."""
 
     def register(fn):
         _BUILDERS[fn.__name__] = fn
         _INPUT_SIZE[fn.__name__] = tuple(input_size)
         if torchvision is not None:
             _TORCHVISION[fn.__name__] = (torchvision, torchvision_keys)
+            _WEIGHTS_ARGUMENTS[fn.__name__] = dict(weights_arguments or {})
         return fn
 
     return register(builder) if builder is not None else register
@@ -92,6 +97,8 @@ def create_model(name, weights=None, **kwargs):
     """The model `name` built with kwargs (num_classes=..., in_chans=..., ...), with
     `weights` loaded (strict) when given."""
     _check_name(name)
+    if isinstance(weights, str) and name in _TORCHVISION and not os.path.isfile(weights):
+        kwargs = {**_WEIGHTS_ARGUMENTS[name], **kwargs}
     model = _BUILDERS[name](**kwargs)
     if weights is not None:
         _load_weights(name, model, weights)

@@ -257,8 +257,9 @@ def googlenet(num_classes=1000, in_chans=3, **kwargs):
     return GoogLeNet(num_classes, in_chans, **kwargs)
 
 
-@register_model(torchvision="googlenet")
+@register_model(torchvision="googlenet", weights_arguments=dict(transform_input=True))
 def googlenet_torchvision(num_classes=1000, in_chans=3, **kwargs):
     """torchvision's BatchNorm GoogLeNet, its keys; kwargs: aux_logits (True),
-    transform_input (False), init_weights (True), dropout (0.2), dropout_aux (0.7)."""
+    transform_input (False; True with torchvision's weights by name, as torchvision sets
+    it), init_weights (True), dropout (0.2), dropout_aux (0.7)."""
     return GoogLeNetBN(num_classes, in_chans, **kwargs)

@@ -1,6 +1,6 @@
-"""ReLULRNMaxPool: ReLU -> local response normalisation -> overlapping max-pool, the stem of
-AlexNet (Krizhevsky et al., 2012, section 3.3-3.4), ZFNet and GoogLeNet's second stage, as
-one layer."""
+"""ReLULRNMaxPool: ReLU -> local response normalisation -> max-pool as one layer: AlexNet's
+two stems (Krizhevsky et al., 2012, sections 3.3-3.4, overlapping 3x3/2 pools), VGG's
+A-LRN first layer and GoogLeNet's conv2 stage."""
 
 import torch
 
@@ -11,7 +11,7 @@ class ReLULRNMaxPool(torch.nn.Module):
     """max_pool2d(local_response_norm(relu(x), size, alpha, beta, k), kernel_size, stride,
     padding, ceil_mode=ceil_mode), one fused op forward and backward. No parameters."""
 
-    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0, kernel_size=3, stride=2,
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0, kernel_size=3, stride=None,
                  padding=0, ceil_mode=False):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k

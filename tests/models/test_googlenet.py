@@ -231,3 +231,18 @@ def test_registry():
         assert model.eval()(randn(1, 1, 64, 64)).shape == (1, 5)
     with pytest.raises(TypeError, match="unexpected keyword argument 'aux'"):
         create_model("googlenet", aux=False)
+
+
+def test_torchvision_weights_by_name_imply_transform_input(monkeypatch, tmp_path):
+    """torchvision builds its GoogLeNet with transform_input=True for its published weights;
+    so does create_model given their name (not given a file, nor when set)."""
+    state = torchvision.models.googlenet(aux_logits=True, init_weights=True).state_dict()
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict",
+                        lambda self, progress=True, check_hash=False: state)
+    name = "GoogLeNet_Weights.IMAGENET1K_V1"
+    assert create_model("googlenet_torchvision", weights=name).transform_input is True
+    assert create_model("googlenet_torchvision", weights=name,
+                        transform_input=False).transform_input is False
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    assert create_model("googlenet_torchvision", weights=str(path)).transform_input is False
