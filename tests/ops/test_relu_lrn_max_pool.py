@@ -306,11 +306,15 @@ def test_integer_input_follows_torch():
 
 
 def test_module():
+    """The stride defaults to the kernel size, as nn.MaxPool2d's."""
     module = fastcnn.nn.ReLULRNMaxPool(5, alpha=1e-4, beta=0.75, k=2.0)
     assert repr(module) == ("ReLULRNMaxPool(size=5, alpha=0.0001, beta=0.75, k=2.0, "
-                            "kernel_size=3, stride=2, padding=0, ceil_mode=False)")
+                            "kernel_size=3, stride=None, padding=0, ceil_mode=False)")
     assert list(module.state_dict()) == []
     x = randn(2, 8, 13, 13, dtype=torch.float64)
+    assert_close_to_reference(module(x), composition(x, 5, 1e-4, 0.75, 2.0, 3, 3),
+                              torch.float64)
+    module = fastcnn.nn.ReLULRNMaxPool(5, alpha=1e-4, beta=0.75, k=2.0, stride=2)
     assert_close_to_reference(module(x), composition(x, 5, 1e-4, 0.75, 2.0, 3, 2),
                               torch.float64)
 
