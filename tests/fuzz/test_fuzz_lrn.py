@@ -114,8 +114,10 @@ def _well_conditioned(x64, args, dtype):
     cancel to within rounding of its terms (alpha -1 and integer values can make it
     exactly 0): elsewhere the result depends on the order of rounding (alpha / size first,
     or the window's mean first as torch does), not on correctness; every implementation
-    gets another number. For the gradient, also where no such position is in the window.
-    Third, whether some base is exactly 0."""
+    gets another number; and where a nonzero, finite s^beta (or a term of s) leaves the
+    range of normal numbers of the computing dtype (k = 1e-30, beta = 10 in float32:
+    torch's own float32 divides by 0 there). For the gradient, also where no such position
+    is in the window. Third, whether some base is exactly 0."""
     v = x64.detach() if x64.dim() > 2 else x64.detach().unsqueeze(-1)
     size, alpha, k = args["size"], args["alpha"], args["k"]
     everywhere = torch.ones_like(x64, dtype=torch.bool)
@@ -123,8 +125,13 @@ def _well_conditioned(x64, args, dtype):
         return everywhere, everywhere, False
     base = reference._lrn_scale(v, size, alpha, k)
     terms = reference._lrn_scale(v, size, abs(alpha), abs(k))
-    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
-    bad = (base.abs() <= 64 * eps * terms) & (terms > 0)
+    computing = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32)
+    bad = (base.abs() <= 64 * computing.eps * terms) & (terms > 0)
+    with torch.no_grad():
+        power = base.abs() ** args["beta"]
+    bad |= ((power > 0) & (power < computing.tiny)) | ((power > computing.max)
+                                                       & (power < float("inf")))
+    bad |= (terms > computing.max) & (terms < float("inf"))
     near_bad = reference._channel_window_sum(bad.double(), size, size) > 0
     return (~bad).view(x64.shape), (~near_bad).view(x64.shape), bool((base == 0).any())
 
