@@ -132,7 +132,11 @@ def _well_conditioned(x64, args, dtype):
     bad |= ((power > 0) & (power < computing.tiny)) | ((power > computing.max)
                                                        & (power < float("inf")))
     bad |= (terms > computing.max) & (terms < float("inf"))
-    near_bad = reference._channel_window_sum(bad.double(), size, size) > 0
+    with torch.no_grad():  # the gradient divides by s^(beta + 1)
+        power = base.abs() ** (args["beta"] + 1)
+    grad_bad = bad | ((power > 0) & (power < computing.tiny)) | (
+        (power > computing.max) & (power < float("inf")))
+    near_bad = reference._channel_window_sum(grad_bad.double(), size, size) > 0
     return (~bad).view(x64.shape), (~near_bad).view(x64.shape), bool((base == 0).any())
 
 
