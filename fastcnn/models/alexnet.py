@@ -19,6 +19,39 @@ from fastcnn.nn import ConvReLU, MaxPool2d, ReLULRNMaxPool
 KRIZHEVSKY_LRN = (5, 1e-4, 0.75, 2.0)
 
 
+def krizhevsky_classifier(num_classes, dropout):
+    """fc6 (256 x 6 x 6 -> 4096), fc7 (4096) with ReLU and dropout, fc8: AlexNet's and
+    ZFNet's classifier."""
+    return nn.Sequential(OrderedDict([
+        ("fc6", nn.Linear(256 * 6 * 6, 4096)),
+        ("relu6", nn.ReLU(inplace=True)),
+        ("drop6", nn.Dropout(dropout)),
+        ("fc7", nn.Linear(4096, 4096)),
+        ("relu7", nn.ReLU(inplace=True)),
+        ("drop7", nn.Dropout(dropout)),
+        ("fc8", nn.Linear(4096, num_classes)),
+    ]))
+
+
+def normal_init(model):
+    """The paper's initialisation: weights N(0, 0.01), biases 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def classifier_head(classifier, x, pre_logits, name, input_size):
+    """krizhevsky_classifier on 256 x 6 x 6 feature maps (from input_size inputs), up to
+    fc7 when pre_logits."""
+    if x.shape[-3:] != (256, 6, 6):
+        raise ValueError(f"{name}'s fc6 takes 256 x 6 x 6 feature maps, which come from "
+                         f"{input_size} x {input_size} inputs; got "
+                         f"{' x '.join(map(str, x.shape[-3:]))}")
+    x = classifier[:-1](torch.flatten(x, 1))  # N x 4096
+    return x if pre_logits else classifier.fc8(x)
+
+
 class AlexNet(nn.Module):
     """AlexNet as Krizhevsky et al. (2012) describe it (section 3.5, figure 2), 60,965,224
     parameters at num_classes=1000.
@@ -51,19 +84,8 @@ class AlexNet(nn.Module):
             ("conv5", ConvReLU(384, 256, 3, padding=1, groups=2)),
             ("pool5", MaxPool2d(3, stride=2)),
         ]))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(256 * 6 * 6, 4096)),
-            ("relu6", nn.ReLU(inplace=True)),
-            ("drop6", nn.Dropout(dropout)),
-            ("fc7", nn.Linear(4096, 4096)),
-            ("relu7", nn.ReLU(inplace=True)),
-            ("drop7", nn.Dropout(dropout)),
-            ("fc8", nn.Linear(4096, num_classes)),
-        ]))
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        self.classifier = krizhevsky_classifier(num_classes, dropout)
+        normal_init(self)
         f, c = self.features, self.classifier
         for m in (f.conv2, f.conv4, f.conv5, c.fc6, c.fc7):
             nn.init.ones_(m.bias)
@@ -74,11 +96,7 @@ class AlexNet(nn.Module):
         return self.features(x)
 
     def forward_head(self, x, pre_logits=False):
-        if x.shape[-3:] != (256, 6, 6):
-            raise ValueError(f"AlexNet's fc6 takes 256 x 6 x 6 feature maps, which come from "
-                             f"227 x 227 inputs; got {' x '.join(map(str, x.shape[-3:]))}")
-        x = self.classifier[:-1](torch.flatten(x, 1))  # N x 4096
-        return x if pre_logits else self.classifier.fc8(x)
+        return classifier_head(self.classifier, x, pre_logits, "AlexNet", 227)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))

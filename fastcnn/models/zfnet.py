@@ -4,11 +4,11 @@ second layer and dense layers 3 to 5 on one GPU."""
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from fastcnn.models._registry import register_model
-from fastcnn.models.alexnet import KRIZHEVSKY_LRN
+from fastcnn.models.alexnet import (KRIZHEVSKY_LRN, classifier_head, krizhevsky_classifier,
+                                     normal_init)
 from fastcnn.nn import ConvReLU, LocalResponseNorm, MaxPool2d
 
 
@@ -44,19 +44,8 @@ class ZFNet(nn.Module):
             ("conv5", ConvReLU(384, 256, 3, padding=1)),
             ("pool5", MaxPool2d(3, stride=2, ceil_mode=True)),
         ]))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(256 * 6 * 6, 4096)),
-            ("relu6", nn.ReLU(inplace=True)),
-            ("drop6", nn.Dropout(dropout)),
-            ("fc7", nn.Linear(4096, 4096)),
-            ("relu7", nn.ReLU(inplace=True)),
-            ("drop7", nn.Dropout(dropout)),
-            ("fc8", nn.Linear(4096, num_classes)),
-        ]))
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        self.classifier = krizhevsky_classifier(num_classes, dropout)
+        normal_init(self)
 
     def forward_features(self, x):
         # N x 3 x 224 x 224 -> conv1 96 x 110 x 110 -> pool1 55 -> conv2 256 x 26 x 26
@@ -64,11 +53,7 @@ class ZFNet(nn.Module):
         return self.features(x)
 
     def forward_head(self, x, pre_logits=False):
-        if x.shape[-3:] != (256, 6, 6):
-            raise ValueError(f"ZFNet's fc6 takes 256 x 6 x 6 feature maps, which come from "
-                             f"224 x 224 inputs; got {' x '.join(map(str, x.shape[-3:]))}")
-        x = self.classifier[:-1](torch.flatten(x, 1))  # N x 4096
-        return x if pre_logits else self.classifier.fc8(x)
+        return classifier_head(self.classifier, x, pre_logits, "ZFNet", 224)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
