@@ -73,7 +73,7 @@ setup(
     packages=find_packages(include=["fastcnn", "fastcnn.*"]),
     install_requires=["torch>=2.4"],
     extras_require={"test": ["pytest", "numpy"], "bench": ["pytest", "pytest-benchmark"],
-                    "train": ["scikit-learn", "tqdm"]},
+                    "train": ["scikit-learn", "tqdm"], "timm": ["timm"]},
     entry_points={"console_scripts": ["fastcnn = fastcnn.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -162,6 +162,8 @@ def build_parser():
     bench.set_defaults(handler=_bench)
     from fastcnn.train.cli import add_commands
     add_commands(commands)
+    from fastcnn.convert.cli import add_command
+    add_command(commands)
     return parser
 
 
