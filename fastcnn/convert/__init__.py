@@ -40,6 +40,16 @@ def _has_batch_norm_child(module):
     return any(isinstance(c, torch.nn.modules.batchnorm._BatchNorm) for c in module.children())
 
 
+def _may_concatenate(module):
+    """Whether module's own forward may join its submodules' outputs (an Inception
+    module's torch.cat): a forward of its own over submodules, other than Sequential's."""
+    forward = type(module).forward
+    return (next(module.children(), None) is not None and not isinstance(
+        module, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict,
+                 torch.nn.modules.batchnorm._BatchNorm))
+        and forward is not torch.nn.Module.forward)
+
+
 def optimize(model, inplace=False, training=None, example_input=None):
     """model with fastcnn's layers and fused ops swapped in: the same outputs (within
     float rounding), state_dict keys and shapes, in training and eval mode.
@@ -79,10 +89,13 @@ def optimize(model, inplace=False, training=None, example_input=None):
                 if type(module).__name__ != "_DenseBlock":
                     skip.add(path)
             continue
-        if _has_batch_norm_child(module):
+        chains = _has_batch_norm_child(module)
+        if chains or _may_concatenate(module):
             swaps, left = rewrite(module, modes)
             report.swapped += [Swap(path, s, t) for s, t in swaps]
-            report.left += [Left(_join(path, sub), what, why) for sub, what, why in left]
+            # a module fx cannot trace is worth a line when it holds a chain
+            report.left += [Left(_join(path, sub), what, why) for sub, what, why in left
+                            if sub or chains]
     model.fastcnn_report = report
     if expected is not None:
         _check(model, example_input, expected)

@@ -13,7 +13,8 @@ import torch
 from fastcnn.functional import bn_relu, bn_relu_conv, conv_bn_relu
 from fastcnn.functional._checks import kernels_take
 from fastcnn.functional._into import has_forward_hooks
-from fastcnn.functional.conv_bn_act import _batch_norm
+from fastcnn.functional.conv_bn_act import _batch_norm, _fused_batch_norm, batch_norm_act
+from fastcnn.nn.concat import PendingOutput, begin_forward, write_concatenated
 
 
 def is_relu_module(module):
@@ -67,3 +68,23 @@ def bn_act_conv(x, bn, act, conv):
     """conv(act(bn(x))), DenseNet's and pre-activation ResNets' order: one fastcnn
     bn_relu_conv, which keeps only x for backward."""
     return bn_relu_conv(x, bn, conv) if _relu(act) else conv(act(bn(x)))
+
+
+def begin_conv_bn_act(x, conv, bn, act):
+    """conv_bn_act(x, conv, bn, act) up to its last write, as a PendingOutput
+    (InceptionConcat's protocol, fastcnn.nn.concat): the convolution now, BatchNorm and the
+    ReLU when the output is written into its slice of a concatenation."""
+    if (act is not None and not _relu(act)) or not _fused_batch_norm(bn):
+        return PendingOutput.of(conv_bn_act(x, conv, bn, act))
+    y = conv(x)
+    return PendingOutput.like(
+        y, lambda into: batch_norm_act(y, bn, act is not None, None, into, fresh=True))
+
+
+def concat(dim, *parts):
+    """torch.cat(outputs, dim) where each part is a tensor or a (module, input) pair whose
+    output module(input) is written straight into its slice (fastcnn.nn.concat)."""
+    if torch.compiler.is_compiling():  # the compiler plans the buffer itself
+        return torch.cat([p[0](p[1]) if isinstance(p, tuple) else p for p in parts], dim)
+    return write_concatenated([begin_forward(*p) if isinstance(p, tuple) else
+                               PendingOutput.of(p) for p in parts], dim)

@@ -29,12 +29,36 @@ _RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu, F.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 
 
+class Ref:
+    """A submodule of the rewritten module, by its path: a get_attr in the new graph."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __eq__(self, other):
+        return isinstance(other, Ref) and other.path == self.path
+
+    def __hash__(self):
+        return hash(self.path)
+
+
+def _materialize(graph, arg):
+    if isinstance(arg, Ref):
+        return graph.get_attr(arg.path)
+    if isinstance(arg, tuple):
+        return tuple(_materialize(graph, a) for a in arg)
+    return arg
+
+
 class _Shallow(fx.Tracer):
     """Traces one module's forward; every submodule is a call."""
 
     def __init__(self, root):
         super().__init__()
         self._root = root
+        # buffers as graph values: tracing must not run a forward's in-place updates of
+        # them (a BatchNorm-like forward's num_batches_tracked.add_(1))
+        self.proxy_buffer_attributes = True
 
     def is_leaf_module(self, module, qualified_name):
         return module is not self._root
@@ -74,11 +98,11 @@ class Rewriter:
         return m if ok else None
 
     def _act(self, node, x):
-        """The ReLU node applies to x: ("module", its path) for a ReLU module, "relu" for
-        a function or method, or None when node is no ReLU of x."""
+        """The ReLU node applies to x: a Ref to its ReLU module, "relu" for a function or
+        method, or None when node is no ReLU of x."""
         if node.op == "call_module" and node.args == (x,) and not node.kwargs:
             m = self.module.get_submodule(node.target)
-            return ("module", node.target) if fused.is_relu_module(m) else None
+            return Ref(node.target) if fused.is_relu_module(m) else None
         if node.op == "call_function" and node.target in _RELU_FUNCTIONS and node.args == (x,):
             return "relu" if set(node.kwargs) <= {"inplace"} else None
         if node.op == "call_method" and node.target in ("relu", "relu_") and node.args == (x,):
@@ -113,15 +137,14 @@ class Rewriter:
         for node in list(graph.nodes):
             if node in done:
                 continue
-            chain = self._conv_chain(node) or self._bn_chain(node)
+            chain = self._conv_chain(node) or self._bn_chain(node) or self._cat(node)
             if chain is None:
                 continue
             nodes, function, args, source, target = chain
             done.update(nodes)
             last = nodes[-1]
             with graph.inserting_before(last):
-                args = [graph.get_attr(a[1]) if isinstance(a, tuple) else a for a in args]
-                new = graph.call_function(function, tuple(args))
+                new = graph.call_function(function, _materialize(graph, tuple(args)))
             last.replace_all_uses_with(new)
             for n in reversed(nodes):
                 graph.erase_node(n)
@@ -142,7 +165,7 @@ class Rewriter:
                 "" if fused.is_relu_module(act) else " (relu=False)"
                 if isinstance(act, torch.nn.Identity) else f" (relu=False) -> {type(act).__name__}")
             return ([node, bn], fused.conv_bn_act,
-                    (node.args[0], ("module", node.target), ("module", bn.target), None, None),
+                    (node.args[0], Ref(node.target), Ref(bn.target), None, None),
                     f"{node.target} -> {bn.target} ({type(act).__name__})", target)
         if self._call(bn, "bn") is None:
             return None
@@ -162,8 +185,33 @@ class Rewriter:
         target = "fastcnn conv_bn_relu" + ("" if act else " (relu=False)") + (
             " + residual" if residual is not None else "")
         return (nodes, fused.conv_bn_act,
-                (node.args[0], ("module", node.target), ("module", bn.target), act,
-                 residual), " -> ".join(names), target)
+                (node.args[0], Ref(node.target), Ref(bn.target), act, residual),
+                " -> ".join(names), target)
+
+    def _cat(self, node):
+        """torch.cat of submodule outputs (an Inception module's branches): each such
+        output, used by nothing else, is written by its module into its slice."""
+        if node.op != "call_function" or node.target not in (torch.cat, torch.concat):
+            return None
+        if not node.args or not isinstance(node.args[0], (list, tuple)):
+            return None
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(dim, int) or set(node.kwargs) - {"dim"}:
+            return None
+        parts, calls = [], []
+        for item in node.args[0]:
+            if (isinstance(item, fx.Node) and item.op == "call_module" and len(item.users) == 1
+                    and node.args[0].count(item) == 1 and len(item.args) == 1
+                    and not item.kwargs and not _random(self.module.get_submodule(item.target))):
+                parts.append((Ref(item.target), item.args[0]))
+                calls.append(item)
+            else:
+                parts.append(item)
+        if not calls:
+            return None
+        return (calls + [node], fused.concat, (dim, *parts),
+                f"torch.cat({', '.join(_label(i) for i in node.args[0])})",
+                "fastcnn concat (each branch writes its slice)")
 
     def _bn_chain(self, node):
         """BatchNorm -> ReLU (-> Conv)."""
@@ -177,14 +225,43 @@ class Rewriter:
         names = [node.target, _name(act)]
         if conv is not None and conv.args == (relu,) and self._call(conv, "conv") is not None:
             return ([node, relu, conv], fused.bn_act_conv,
-                    (node.args[0], ("module", node.target), act, ("module", conv.target)),
+                    (node.args[0], Ref(node.target), act, Ref(conv.target)),
                     " -> ".join(names + [conv.target]), "fastcnn bn_relu_conv")
-        return ([node, relu], fused.bn_act, (node.args[0], ("module", node.target), act),
+        return ([node, relu], fused.bn_act, (node.args[0], Ref(node.target), act),
                 " -> ".join(names), "fastcnn bn_relu")
 
 
+def _label(item):
+    if isinstance(item, fx.Node):
+        return item.target if item.op == "call_module" else item.name
+    return repr(item)
+
+
+def _simple_chain(graph):
+    """(conv, bn, act) when graph is one conv_bn_act of its input, without residual, and
+    nothing else (torchvision's BasicConv2d): the module can then begin its forward and
+    write its output into a slice of a concatenation."""
+    nodes = [n for n in graph.nodes if n.op not in ("get_attr", "output")]
+    if len(nodes) != 2 or nodes[0].op != "placeholder":
+        return None
+    call = nodes[1]
+    if call.target is not fused.conv_bn_act or call.args[0] is not nodes[0] or call.args[4]:
+        return None
+    output = next(n for n in graph.nodes if n.op == "output")
+    if output.args[0] is not call:
+        return None
+    conv, bn, act = call.args[1:4]
+    return (conv.target, bn.target, Ref(act.target) if isinstance(act, fx.Node) else act)
+
+
+def _random(module):
+    """Whether module draws random numbers (dropout), whose order a moved call changes."""
+    return any(isinstance(m, (torch.nn.modules.dropout._DropoutNd, torch.nn.Dropout))
+               for m in module.modules())
+
+
 def _name(act):
-    return "relu()" if act == "relu" else act[1]
+    return "relu()" if act == "relu" else act.path
 
 
 def _plain_signature(module):
@@ -229,7 +306,7 @@ def rewrite(module, modes):
     why = _plain_signature(module)
     if why is not None:
         return [], [("", this, why)]
-    forwards, swaps, left = {}, [], []
+    forwards, swaps, left, chains = {}, [], [], []
     for training in modes:
         try:
             graph = _trace(module, training)
@@ -245,10 +322,13 @@ def rewrite(module, modes):
         if forward is None:
             return [], [("", this, "its traced forward keeps tensor constants")]
         forwards[training] = forward
+        chains.append(_simple_chain(graph))
         swaps += [s for s in rewriter.swaps if s not in swaps]
         left += [r for r in rewriter.left if r not in left]
     if forwards:
         _install(module, forwards.get(True), forwards.get(False))
+        if len(chains) == len(modes) and all(c == chains[0] for c in chains) and chains[0]:
+            _add_begin_forward(module, *chains[0])
     return swaps, left
 
 
@@ -261,6 +341,14 @@ def _install(module, train_forward, eval_forward):
         return (train_forward if self.training else eval_forward)(self, *args)
 
     install_forward(module, forward)
+
+
+def _add_begin_forward(module, conv, bn, act):
+    def begin_forward(self, x):
+        a = self.get_submodule(act.path) if isinstance(act, Ref) else act
+        return fused.begin_conv_bn_act(x, self.get_submodule(conv), self.get_submodule(bn), a)
+
+    type(module).begin_forward = begin_forward
 
 
 def install_forward(module, forward):

@@ -118,6 +118,30 @@ def test_restore_gives_back_the_original_classes():
     torch.testing.assert_close(net(x), expected)
 
 
+class CountsCalls(nn.Module):
+    """A forward that updates a buffer in place, as BatchNorm's own does."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+        self.extra = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return self.extra(self.body(x))
+
+
+def test_conversion_changes_no_state():
+    """Tracing a forward must not run its in-place updates of buffers."""
+    for net in (_net().train(), CountsCalls().train()):
+        state = copy.deepcopy(net.state_dict())
+        fastcnn.optimize(net, inplace=True)
+        torch.testing.assert_close(net.state_dict(), state, rtol=0, atol=0)
+    net(randn(2, 3, 4, 4))
+    assert net.calls.item() == 1 and net.body[1].num_batches_tracked.item() == 1
+
+
 def test_deepcopy_and_optimize_twice():
     optimized = fastcnn.optimize(_net())
     again = fastcnn.optimize(copy.deepcopy(optimized))
