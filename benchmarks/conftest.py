@@ -7,7 +7,8 @@ every case anywhere. On a GPU a round is CALLS_PER_GPU_SAMPLE back-to-back calls
 gives each op case's median for fastcnn, eager PyTorch and torch.compile, fastcnn's
 speedups, and its bandwidth against a copy measured in the same run; a second table gives
 each module's (bench_modules.py) medians and peak memory, a third each zoo model's
-(bench_models.py: on CPU, inference of four models at batch 8 unless --full).
+(bench_models.py: on CPU, inference of a few models at batch 8 unless --full; with
+--full, fastcnn.optimize's rows add fastcnn+compile).
 --save-results PATH writes them as JSON (the format of benchmarks/results/*.json and
 `fastcnn bench --json`).
 """

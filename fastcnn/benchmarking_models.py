@@ -6,6 +6,9 @@ The baseline ("eager") is torchvision's model where the zoo model has its archit
 (vgg16, resnet50 here), its state_dict loaded into fastcnn's; otherwise
 fastcnn.models.torch_layers(model), the model with every fastcnn layer swapped for
 nn.LocalResponseNorm, nn.MaxPool2d, Conv2d + ReLU, torch.cat, ...
+The "torchvision.*" and "timm.*" models are fastcnn.optimize's: the model itself
+("eager") against its converted copy ("fastcnn"), and with torch.compile, compile against
+the converted copy compiled ("fastcnn+compile").
 The cases, timing and memory measurement are benchmarking_modules' (a model is a module
 whose input is a batch of images).
 """
@@ -15,10 +18,12 @@ import functools
 import torch
 import torchvision
 
+import fastcnn
 from fastcnn import models
 from fastcnn.benchmarking_modules import Module
 
-_TORCHVISION_ARGUMENTS = {"googlenet": dict(aux_logits=True, init_weights=True)}
+_TORCHVISION_ARGUMENTS = {"googlenet": dict(aux_logits=True, init_weights=True),
+                          "inception_v3": dict(init_weights=True)}
 
 
 def _randomise_batch_norms(model):
@@ -56,7 +61,8 @@ def _model(name, cuda_batch=128, quick=True, compile_by_default=False):
 
 
 # The networks of the zoo, each once (one VGG, the paper's AlexNet and GoogLeNet). On CPU
-# the quick subset is inference at batch 8 of the four that are quickest to run.
+# the quick subset is inference at batch 8 of the four that are quickest to run (and of
+# two of the fastcnn.optimize models below).
 MODELS = {
     "lenet5": _model("lenet5", cuda_batch=1024, compile_by_default=True),
     "alexnet": _model("alexnet", compile_by_default=True),
@@ -66,3 +72,43 @@ MODELS = {
     "googlenet": _model("googlenet"),
     "resnet50": _model("resnet50"),
 }
+
+
+def library_model(library, name):
+    """torchvision's or timm's model `name`, randomly initialised (timm imported only
+    here, as it is optional)."""
+    if library == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+    return getattr(torchvision.models, name)(weights=None, **_TORCHVISION_ARGUMENTS.get(name, {}))
+
+
+def optimized(library, name):
+    """{"fastcnn": fastcnn.optimize(model), "eager": model}, model a torchvision or timm
+    model with every BatchNorm's parameters and statistics random."""
+    model = _randomise_batch_norms(library_model(library, name))
+    return {"fastcnn": fastcnn.optimize(model), "eager": model}
+
+
+# fastcnn.optimize on models as they exist: (library, model, input size, batch on CUDA,
+# whether inference at batch 8 is in the quick CPU subset).
+_OPTIMIZED = (
+    ("torchvision", "alexnet", 224, 128, False),
+    ("torchvision", "googlenet", 224, 128, True),
+    ("torchvision", "inception_v3", 299, 128, False),
+    ("torchvision", "resnet50", 224, 128, True),
+    ("torchvision", "vgg16", 224, 64, False),
+    ("torchvision", "densenet121", 224, 64, False),
+    ("timm", "resnet50", 224, 128, False),
+    ("timm", "seresnet50", 224, 128, False),
+    ("timm", "efficientnet_b0", 224, 128, False),
+)
+
+MODELS.update({
+    f"{library}.{name}": Module(
+        functools.partial(optimized, library, name), (3, size, size), ("fastcnn", "eager"),
+        batch=dict(cuda=cuda_batch, cpu=8, quick=8), images=True, compile_by_default=False,
+        quick_modes=("forward",) if quick else (), compiled=("compile", "fastcnn+compile"),
+        requires=library)
+    for library, name, size, cuda_batch, quick in _OPTIMIZED})

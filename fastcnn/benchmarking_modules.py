@@ -11,7 +11,9 @@ from benchmarking_memory.peak_memory_bytes over one more call.
 
 import copy
 import dataclasses
+import importlib
 import re
+import sys
 
 import torch
 import torchvision
@@ -98,6 +100,14 @@ class Module:
     compile_by_default: bool = True
     # The passes of the quick CPU subset; none keeps the module out of it.
     quick_modes: tuple = ("forward+backward",)
+    # What torch.compile adds, each compiled from a copy of the module in COMPILED:
+    # "compile", and "fastcnn+compile" where fastcnn is eager's model converted.
+    compiled: tuple = ("compile",)
+    # A package make() imports that may be missing (timm): without it, no cases.
+    requires: str = None
+
+
+COMPILED = {"compile": "eager", "fastcnn+compile": "fastcnn"}
 
 
 MODULES = {
@@ -136,19 +146,36 @@ def module_cases(names=None, device="cpu", batch=None, layouts=(False, True), mo
     """Every (module, layout, mode) case of the named modules of specs (all by default).
     quick: the CPU subset, each module's quick passes in NCHW at its quick batch without
     torch.compile; full: torch.compile for every module. batch, when given, replaces every
-    module's default."""
+    module's default. Modules whose `requires` cannot be imported are left out, said in
+    one line on stderr."""
     kind = "quick" if quick else ("cuda" if torch.device(device).type == "cuda" else "cpu")
-    selected = []
+    selected, skipped = [], {}
     for name in names or tuple(specs):
         spec = specs[name]
         implementations = spec.implementations
         if compile and not quick and (full or spec.compile_by_default):
-            implementations += ("compile",)
-        selected += [ModuleCase(name, (batch or spec.batch[kind], *spec.chw), channels_last,
-                                mode, implementations, spec=spec)
-                     for channels_last in layouts for mode in modes
-                     if not quick or (not channels_last and mode in spec.quick_modes)]
+            implementations += spec.compiled
+        cases = [ModuleCase(name, (batch or spec.batch[kind], *spec.chw), channels_last,
+                            mode, implementations, spec=spec)
+                 for channels_last in layouts for mode in modes
+                 if not quick or (not channels_last and mode in spec.quick_modes)]
+        missing = cases and spec.requires and _unavailable(spec.requires)
+        if missing:
+            skipped.setdefault(missing, []).append(name)
+        else:
+            selected += cases
+    for reason, skipped_names in skipped.items():
+        print(f"skipping {', '.join(skipped_names)}: {reason}", file=sys.stderr, flush=True)
     return selected
+
+
+def _unavailable(package):
+    """Why package cannot be imported (missing or broken), or None."""
+    try:
+        importlib.import_module(package)
+    except Exception as error:
+        return f"cannot import {package} ({type(error).__name__}: {error})"
+    return None
 
 
 class Step:
@@ -197,15 +224,18 @@ def build(case, device, implementations=None):
     for module in modules.values():
         module.to(device=device, dtype=case.dtype, memory_format=memory_format)
         module.train(case.mode == "forward+backward")
-    if "compile" in implementations:
-        modules["compile"] = benchmarking.compiled(copy.deepcopy(modules["eager"]))
+    for name, source in COMPILED.items():
+        if name in implementations:
+            modules[name] = benchmarking.compiled(copy.deepcopy(modules[source]))
     return {name: Step(modules[name], case, device) for name in implementations}
 
 
 def summarize(case, milliseconds, peaks, device):
     """One result row: median ms and peak bytes per implementation (None where it could
     not run), fastcnn's speedup over each baseline and its memory saving against it
-    (1 - fastcnn's peak / the baseline's: above 0, fastcnn needs less)."""
+    (1 - fastcnn's peak / the baseline's: above 0, fastcnn needs less); with fastcnn+compile,
+    the same of fastcnn+compile against compile (speedup_compiled, memory_saving_compiled),
+    as fastcnn+compile is no baseline."""
     row = {"module": case.module, "shape": list(case.shape), "layout": case.layout,
            "mode": case.mode, "dtype": str(case.dtype),
            "implementations": list(case.implementations), "peak_memory_by": method(device)}
@@ -213,9 +243,12 @@ def summarize(case, milliseconds, peaks, device):
         row[f"{name}_ms"] = milliseconds.get(name)
         row[f"{name}_peak_bytes"] = peaks.get(name)
     for name in case.implementations[1:]:
-        if milliseconds.get(name) is not None:
+        if name != "fastcnn+compile" and milliseconds.get(name) is not None:
             row[f"speedup_vs_{name}"] = milliseconds[name] / milliseconds["fastcnn"]
             row[f"memory_saving_vs_{name}"] = 1 - peaks["fastcnn"] / peaks[name]
+    if None not in (milliseconds.get("compile"), milliseconds.get("fastcnn+compile")):
+        row["speedup_compiled"] = milliseconds["compile"] / milliseconds["fastcnn+compile"]
+        row["memory_saving_compiled"] = 1 - peaks["fastcnn+compile"] / peaks["compile"]
     return row
 
 
@@ -253,18 +286,21 @@ def _cell(value, fmt, unit=""):
 
 def format_table(rows):
     """A plain-text table, one line per implementation: median ms, peak MB, and on each
-    baseline's line fastcnn's speedup over it and the memory it saves against it."""
+    baseline's line fastcnn's speedup over it and the memory it saves against it (on
+    fastcnn+compile's line, its own against compile)."""
     header = ["case", "implementation", "ms", "peak MB", "fastcnn speedup", "fastcnn less memory"]
     lines = []
     for row in rows:
         label = f"{row['module']} {'x'.join(map(str, row['shape']))} {row['layout']} {row['mode']}"
         for i, name in enumerate(row["implementations"]):
             peak = row.get(f"{name}_peak_bytes")
+            key, against = ("compiled", " vs compile") if name == "fastcnn+compile" else (
+                f"vs_{name}", "")
             lines.append([
                 label if i == 0 else "", name, _cell(row.get(f"{name}_ms"), ".2f"),
                 _cell(None if peak is None else peak / 1e6, ".1f"),
-                "" if i == 0 else _cell(row.get(f"speedup_vs_{name}"), ".2f", "x"),
-                "" if i == 0 else _cell(row.get(f"memory_saving_vs_{name}"), ".0%"),
+                "" if i == 0 else _cell(row.get(f"speedup_{key}"), ".2f", "x" + against),
+                "" if i == 0 else _cell(row.get(f"memory_saving_{key}"), ".0%", against),
             ])
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
     render = lambda cells: "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)  # noqa: E731
@@ -277,5 +313,7 @@ def describe(device):
     return ("peak MB: the most tensor memory allocated at once during one call, above what "
             f"was allocated before it (MB = 10^6 bytes; measured with {method(device)}). "
             "fastcnn speedup: that implementation's time over fastcnn's; fastcnn less memory: "
-            "1 - fastcnn's peak / its peak. forward+backward is a training step (train "
-            "mode, backward from a fixed gradient), forward inference (eval, no autograd).")
+            "1 - fastcnn's peak / its peak (on the line of fastcnn+compile, fastcnn.optimize's "
+            "model under torch.compile: its own against compile). forward+backward is a "
+            "training step (train mode, backward from a fixed gradient), forward inference "
+            "(eval, no autograd).")
