@@ -180,8 +180,9 @@ def _unavailable(package):
 
 class Step:
     """One call of a case with one module: a training step (gradients set to None, forward
-    in train mode, backward from a fixed random gradient of the output) or inference (eval
-    mode, no autograd). It cycles through `inputs` inputs, as benchmarking.build does."""
+    in train mode, backward from a fixed random gradient of the output, and for a whole
+    network taking images an SGD step) or inference (eval mode, no autograd). It cycles
+    through `inputs` inputs, as benchmarking.build does."""
 
     def __init__(self, module, case, device, inputs=2):
         self.module = module
@@ -191,6 +192,9 @@ class Step:
                        for _ in range(inputs)]
         self.calls = 0
         self.grad = None
+        # a small learning rate: the weights stay near where they started over the runs
+        self.optimizer = (torch.optim.SGD(module.parameters(), lr=1e-6)
+                          if self.train and case.spec.images else None)
 
     def clear(self):
         for tensor in (*self.module.parameters(), *self.inputs):
@@ -209,6 +213,8 @@ class Step:
         if self.grad is None:
             self.grad = [torch.randn_like(output) for output in outputs]
         torch.autograd.backward(outputs, self.grad)
+        if self.optimizer is not None:
+            self.optimizer.step()
 
     def __call__(self):
         self.clear()
@@ -242,6 +248,8 @@ def summarize(case, milliseconds, peaks, device):
     for name in case.implementations:
         row[f"{name}_ms"] = milliseconds.get(name)
         row[f"{name}_peak_bytes"] = peaks.get(name)
+        if case.spec is not None and case.spec.images and milliseconds.get(name):
+            row[f"{name}_images_per_s"] = case.shape[0] * 1000 / milliseconds[name]
     for name in case.implementations[1:]:
         if name != "fastcnn+compile" and milliseconds.get(name) is not None:
             row[f"speedup_vs_{name}"] = milliseconds[name] / milliseconds["fastcnn"]
@@ -288,16 +296,18 @@ def format_table(rows):
     """A plain-text table, one line per implementation: median ms, peak MB, and on each
     baseline's line fastcnn's speedup over it and the memory it saves against it (on
     fastcnn+compile's line, its own against compile)."""
-    header = ["case", "implementation", "ms", "peak MB", "fastcnn speedup", "fastcnn less memory"]
+    header = ["case", "implementation", "ms", "images/s", "peak MB", "fastcnn speedup",
+              "fastcnn less memory"]
     lines = []
     for row in rows:
         label = f"{row['module']} {'x'.join(map(str, row['shape']))} {row['layout']} {row['mode']}"
         for i, name in enumerate(row["implementations"]):
-            peak = row.get(f"{name}_peak_bytes")
+            peak, images = row.get(f"{name}_peak_bytes"), row.get(f"{name}_images_per_s")
             key, against = ("compiled", " vs compile") if name == "fastcnn+compile" else (
                 f"vs_{name}", "")
             lines.append([
                 label if i == 0 else "", name, _cell(row.get(f"{name}_ms"), ".2f"),
+                "" if images is None else _cell(images, ".1f"),
                 _cell(None if peak is None else peak / 1e6, ".1f"),
                 "" if i == 0 else _cell(row.get(f"speedup_{key}"), ".2f", "x" + against),
                 "" if i == 0 else _cell(row.get(f"memory_saving_{key}"), ".0%", against),
@@ -310,10 +320,11 @@ def format_table(rows):
 
 def describe(device):
     """What the module table's columns mean, for under it."""
-    return ("peak MB: the most tensor memory allocated at once during one call, above what "
-            f"was allocated before it (MB = 10^6 bytes; measured with {method(device)}). "
-            "fastcnn speedup: that implementation's time over fastcnn's; fastcnn less memory: "
-            "1 - fastcnn's peak / its peak (on the line of fastcnn+compile, fastcnn.optimize's "
-            "model under torch.compile: its own against compile). forward+backward is a "
-            "training step (train mode, backward from a fixed gradient), forward inference "
-            "(eval, no autograd).")
+    return ("images/s: the batch over the median time, for whole networks. peak MB: the "
+            "most tensor memory allocated at once during one call, above what was allocated "
+            f"before it (MB = 10^6 bytes; measured with {method(device)}). fastcnn speedup: "
+            "that implementation's time over fastcnn's; fastcnn less memory: 1 - fastcnn's "
+            "peak / its peak (on the line of fastcnn+compile, fastcnn.optimize's model under "
+            "torch.compile: its own against compile). forward+backward is a training step "
+            "(train mode, backward from a fixed gradient, and an SGD step for whole "
+            "networks), forward inference (eval, no autograd).")

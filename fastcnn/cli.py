@@ -102,7 +102,8 @@ def _bench(args):
     if models:
         print()
         print("zoo models against the same networks on PyTorch's layers (eager: torchvision's "
-              "model where it has one), same weights")
+              "model where it has one), same weights; torchvision.* and timm.*: the model "
+              "itself against fastcnn.optimize(model)")
         print(benchmarking_modules.format_table(models))
         print(benchmarking_modules.describe(device))
     if args.json:
@@ -143,8 +144,9 @@ def build_parser():
     models = bench.add_mutually_exclusive_group()
     models.add_argument("--models", nargs="*", choices=list(MODELS),
                         help="zoo models to time against the same network on PyTorch's "
-                        "layers, every case of each (alone: all of them; default: all, on "
-                        "CPU only inference of four at batch 8 unless --full)")
+                        "layers, and torchvision.*/timm.* models against fastcnn.optimize of "
+                        "them, every case of each (alone: all of them; default: all, on "
+                        "CPU only inference of six at batch 8 unless --full)")
     models.add_argument("--no-models", action="store_true", help="leave the models out")
     bench.add_argument("--full", action="store_true",
                        help="every case of every op, module and model, and torch.compile for "
