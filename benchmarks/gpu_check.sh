@@ -16,8 +16,9 @@
 #            at a time, then the modules (--modules, all of them in one run: their
 #            training steps, NCHW, without torch.compile, which would compile three
 #            modules for longer than the phase has), then the models (--models lenet5
-#            alexnet googlenet resnet50, NCHW, inference and a training step, without
-#            torch.compile); each in what is left but what the items after it
+#            alexnet googlenet resnet50, and fastcnn.optimize on torchvision's resnet50,
+#            googlenet and densenet121 and timm's resnet50 (left out without timm), NCHW,
+#            inference and a training step, without torch.compile); each in what is left but what the items after it
 #            need (30 for an op, 90 for the modules and for the models; at least an even
 #            share, at least 30 or it is skipped); an op that runs out of time is timed
 #            again without torch.compile in what is then left to it
@@ -288,6 +289,7 @@ for i in "${!items[@]}"; do
             --mode forward+backward --repeats "$REPEATS" --json "$item_json" -v)
     elif [ "$item" = models ]; then
       args=(-m fastcnn bench --device cuda --models lenet5 alexnet googlenet resnet50
+            torchvision.resnet50 torchvision.googlenet torchvision.densenet121 timm.resnet50
             --layout nchw --repeats "$REPEATS" --json "$item_json" -v)
     else
       args=(-m fastcnn bench --device cuda --full --ops "$item" --repeats "$REPEATS"

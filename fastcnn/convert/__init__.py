@@ -6,9 +6,9 @@ Three kinds of swap, none of which adds, removes or renames a parameter or buffe
   nn.AdaptiveAvgPool2d(1)) gets the drop-in's class, a subclass of its own;
 - a module whose forward fastcnn knows whole (torchvision's DenseNet blocks) gets
   fastcnn's forward;
-- any other module whose forward calls Conv -> BatchNorm (-> + residual) (-> ReLU) or
-  BatchNorm -> ReLU (-> Conv) gets that forward rewritten with torch.fx, each chain one
-  fastcnn op (fastcnn.convert.rewrite).
+- any other module whose forward calls Conv -> BatchNorm -> (+ residual and/or ReLU),
+  BatchNorm -> ReLU (-> Conv), or torch.cat of its submodules' outputs gets that forward
+  rewritten with torch.fx, each chain one fastcnn op (fastcnn.convert.rewrite).
 Only the given model changes: classes are swapped per instance, nothing is patched
 globally, and fastcnn.restore(model) puts every original class back.
 """

@@ -65,11 +65,21 @@ def _blocks():
     except ImportError:
         return {}
     return {
-        densenet._DenseLayer: (fnn.DenseLayer.forward, _plain_dense_layer,
+        densenet._DenseLayer: (_eager_only(fnn.DenseLayer.forward), _plain_dense_layer,
                                "fastcnn.nn.DenseLayer (bn_relu_conv twice)"),
-        densenet._DenseBlock: (fnn.DenseBlock.forward, lambda block: None,
+        densenet._DenseBlock: (_eager_only(fnn.DenseBlock.forward), lambda block: None,
                                "fastcnn.nn.DenseBlock (one feature buffer, no torch.cat)"),
     }
+
+
+def _eager_only(forward):
+    """forward, except under torch.compile, where the class's own forward runs: the
+    compiler fuses PyTorch's composition itself, and fastcnn's ops are opaque to it."""
+    def either(self, *args):
+        if torch.compiler.is_compiling():
+            return self.fastcnn_original_class.forward(self, *args)
+        return forward(self, *args)
+    return either
 
 
 def swap_block(module, blocks):

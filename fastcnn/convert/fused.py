@@ -6,6 +6,10 @@ convert_sync_batchnorm, a ReLU swapped for another activation) runs as it is: th
 fastcnn.functional ops run their own forward for a BatchNorm they do not stand in for, and
 an activation that is no longer a ReLU runs after them. `act` is a module, "relu" (a
 functional ReLU in the original forward) or None.
+
+Under torch.compile each function is the original composition of PyTorch modules, which
+the compiler fuses itself (into the convolution's epilogue, for one): a fastcnn op is
+opaque to it and would stop that fusion.
 """
 
 import torch
@@ -38,9 +42,16 @@ def is_batch_norm_act(module):
             and not has_forward_hooks(module))
 
 
+def _apply(act, y):
+    return y if act is None else torch.relu(y) if act == "relu" else act(y)
+
+
 def conv_bn_act(x, conv, bn, act=None, residual=None):
     """act(bn(conv(x)) + residual), residual optional: one fastcnn conv_bn_relu. For a
     timm BatchNormAct2d, bn's own activation follows BatchNorm (act and residual None)."""
+    if torch.compiler.is_compiling():
+        y = bn(conv(x))
+        return _apply(act, y if residual is None else y + residual)
     if residual is None and act is None and is_batch_norm_act(bn):
         return _conv_batch_norm_act(x, conv, bn)
     if act is None or _relu(act):
@@ -61,13 +72,17 @@ def _conv_batch_norm_act(x, conv, bn):
 
 def bn_act(x, bn, act):
     """act(bn(x)): one fastcnn bn_relu."""
-    return bn_relu(x, bn) if _relu(act) else act(bn(x))
+    if torch.compiler.is_compiling() or not _relu(act):
+        return _apply(act, bn(x))
+    return bn_relu(x, bn)
 
 
 def bn_act_conv(x, bn, act, conv):
     """conv(act(bn(x))), DenseNet's and pre-activation ResNets' order: one fastcnn
     bn_relu_conv, which keeps only x for backward."""
-    return bn_relu_conv(x, bn, conv) if _relu(act) else conv(act(bn(x)))
+    if torch.compiler.is_compiling() or not _relu(act):
+        return conv(_apply(act, bn(x)))
+    return bn_relu_conv(x, bn, conv)
 
 
 def begin_conv_bn_act(x, conv, bn, act):

@@ -1,5 +1,6 @@
-"""The forward of one module, rewritten so that its Conv -> BatchNorm (-> + residual)
-(-> ReLU) chains, and its BatchNorm -> ReLU (-> Conv) chains, each run as one fastcnn op.
+"""The forward of one module, rewritten so that its Conv -> BatchNorm -> (+ residual and/or
+ReLU) chains and BatchNorm -> ReLU (-> Conv) chains each run as one fastcnn op, and its
+torch.cat of submodule outputs writes each output into its slice.
 
 The module's own forward is traced with torch.fx, its submodules left as calls (a shallow
 trace: each module's forward is rewritten in terms of its direct calls, so that the
@@ -25,6 +26,9 @@ from fastcnn.convert import fused
 from fastcnn.functional._into import has_forward_hooks
 from fastcnn.functional.conv_bn_act import _fused_batch_norm
 
+# Conv -> BatchNorm with nothing after it that fuses (no ReLU, no residual add): the fused
+# op would run the same two passes, with more Python around them.
+NO_PASS_SAVED = "Conv -> BatchNorm without a ReLU or residual add after it saves no pass"
 _RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu, F.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 
@@ -123,12 +127,22 @@ class Rewriter:
             return a
         return None
 
-    @staticmethod
-    def _next(node):
-        """node's only user, or None."""
-        if len(node.users) != 1:
-            return None
-        return next(iter(node.users))
+    def _next(self, node, skipped=None):
+        """node's only user, or None; with a list `skipped`, calls of nn.Identity in
+        between (timm's unused drop_block and aa slots) are passed over and collected."""
+        while len(node.users) == 1:
+            user = next(iter(node.users))
+            if skipped is None or not self._identity(user, node):
+                return user
+            skipped.append(user)
+            node = user
+        return None
+
+    def _identity(self, node, x):
+        if node.op != "call_module" or node.args != (x,) or node.kwargs:
+            return False
+        m = self.module.get_submodule(node.target)
+        return type(m) is torch.nn.Identity and not has_forward_hooks(m)
 
     def rewrite(self, graph):
         """Replaces the chains in graph; returns how many."""
@@ -153,7 +167,7 @@ class Rewriter:
         return count
 
     def _conv_chain(self, node):
-        """Conv -> BatchNorm (-> + residual) (-> ReLU)."""
+        """Conv -> BatchNorm -> (+ residual and/or ReLU)."""
         if self._call(node, "conv") is None:
             return None
         bn = self._next(node)
@@ -161,25 +175,30 @@ class Rewriter:
             return None
         if self._call(bn, "bn_act") is not None:  # timm's BatchNorm + activation
             act = self.module.get_submodule(bn.target).act
-            target = "fastcnn conv_bn_relu" + (
-                "" if fused.is_relu_module(act) else " (relu=False)"
-                if isinstance(act, torch.nn.Identity) else f" (relu=False) -> {type(act).__name__}")
+            if not fused.is_relu_module(act):
+                self._leave(bn.target, f"{NO_PASS_SAVED} (its {type(act).__name__} is no ReLU)")
+                return None
             return ([node, bn], fused.conv_bn_act,
                     (node.args[0], Ref(node.target), Ref(bn.target), None, None),
-                    f"{node.target} -> {bn.target} ({type(act).__name__})", target)
+                    f"{node.target} -> {bn.target} (ReLU)", "fastcnn conv_bn_relu")
         if self._call(bn, "bn") is None:
             return None
         nodes, residual, act = [node, bn], None, None
-        after = self._next(bn)
-        other = None if after is None else self._residual(after, bn)
+        skipped = []
+        after = self._next(bn, skipped)
+        other = None if after is None else self._residual(after, skipped[-1] if skipped else bn)
         if other is not None:
-            nodes.append(after)
+            nodes += skipped + [after]
             residual = other
-        after = self._next(nodes[-1])
+        skipped = []
+        after = self._next(nodes[-1], skipped)
         if after is not None:
-            act = self._act(after, nodes[-1])
+            act = self._act(after, skipped[-1] if skipped else nodes[-1])
             if act is not None:
-                nodes.append(after)
+                nodes += skipped + [after]
+        if residual is None and act is None:
+            self._leave(bn.target, NO_PASS_SAVED)
+            return None
         names = [node.target, bn.target] + (["+"] if residual is not None else []) + (
             [] if act is None else [_name(act)])
         target = "fastcnn conv_bn_relu" + ("" if act else " (relu=False)") + (
@@ -217,17 +236,21 @@ class Rewriter:
         """BatchNorm -> ReLU (-> Conv)."""
         if node.op != "call_module" or self._call(node, "bn") is None:
             return None
-        relu = self._next(node)
-        act = None if relu is None else self._act(relu, node)
+        skipped = []
+        relu = self._next(node, skipped)
+        act = None if relu is None else self._act(relu, skipped[-1] if skipped else node)
         if act is None:
             return None
-        conv = self._next(relu)
+        nodes = [node, *skipped, relu]
+        skipped = []
+        conv = self._next(relu, skipped)
         names = [node.target, _name(act)]
-        if conv is not None and conv.args == (relu,) and self._call(conv, "conv") is not None:
-            return ([node, relu, conv], fused.bn_act_conv,
+        if (conv is not None and conv.args == (skipped[-1] if skipped else relu,)
+                and self._call(conv, "conv") is not None):
+            return (nodes + skipped + [conv], fused.bn_act_conv,
                     (node.args[0], Ref(node.target), act, Ref(conv.target)),
                     " -> ".join(names + [conv.target]), "fastcnn bn_relu_conv")
-        return ([node, relu], fused.bn_act, (node.args[0], Ref(node.target), act),
+        return (nodes, fused.bn_act, (node.args[0], Ref(node.target), act),
                 " -> ".join(names), "fastcnn bn_relu")
 
 

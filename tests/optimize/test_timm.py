@@ -9,12 +9,13 @@ from helpers import randomise_batch_norms
 from test_torchvision import _check_report, _close, _step_results
 
 import fastcnn
+from fastcnn.convert.rewrite import NO_PASS_SAVED
 
 # timm's ResNet blocks (plain BatchNorm2d), an SE-ResNet, and an EfficientNet built of
-# timm's BatchNormAct2d (BatchNorm + SiLU in one module)
+# timm's BatchNormAct2d (BatchNorm + SiLU in one module), whose chains have no ReLU to fuse
 MODELS = {"resnet50": "fastcnn conv_bn_relu + residual",
           "seresnet50": "fastcnn conv_bn_relu",
-          "efficientnet_b0": "fastcnn conv_bn_relu (relu=False) -> SiLU"}
+          "efficientnet_b0": "fastcnn.nn.GlobalAvgPool2d"}
 
 
 def _model(name):
@@ -29,7 +30,10 @@ def test_eval_logits_equal(name):
     optimized = fastcnn.optimize(model)
     report = _check_report(model, optimized)
     assert MODELS[name] in report.counts()
-    assert report.left == []
+    # what is left is Conv -> BatchNorm with no ReLU or residual after it
+    assert {left.reason.split(" (")[0] for left in report.left} <= {NO_PASS_SAVED}
+    if name == "efficientnet_b0":
+        assert "(its SiLU is no ReLU)" in str(report)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         _close(optimized(x), model(x), f"timm {name} logits")
