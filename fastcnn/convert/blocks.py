@@ -16,11 +16,28 @@ def _global(pool):
     return pool.output_size in (1, (1, 1), [1, 1])
 
 
+def _compiled_as_torch(drop_in, torch_class):
+    """drop_in, whose forward under torch.compile is torch_class's own: the compiler fuses
+    PyTorch's op with its neighbours (the ReLU before a max-pool), which a fastcnn op,
+    opaque to it, would stop."""
+    def forward(self, input):
+        if torch.compiler.is_compiling():
+            return torch_class.forward(self, input)
+        return drop_in.forward(self, input)
+    return type(drop_in.__name__, (drop_in,), {
+        "forward": forward, "__module__": __name__, "__qualname__": drop_in.__name__,
+        "__doc__": f"fastcnn.nn.{drop_in.__name__}, as optimize swaps it in."})
+
+
+MaxPool2d = _compiled_as_torch(fnn.MaxPool2d, torch.nn.MaxPool2d)
+LocalResponseNorm = _compiled_as_torch(fnn.LocalResponseNorm, torch.nn.LocalResponseNorm)
+GlobalAvgPool2d = _compiled_as_torch(fnn.GlobalAvgPool2d, torch.nn.AdaptiveAvgPool2d)
+
 # exact class -> (fastcnn drop-in subclass of it, condition, attributes it adds)
 LEAVES = {
-    torch.nn.MaxPool2d: (fnn.MaxPool2d, None, {}),
-    torch.nn.LocalResponseNorm: (fnn.LocalResponseNorm, None, {}),
-    torch.nn.AdaptiveAvgPool2d: (fnn.GlobalAvgPool2d, _global, {"flatten": False}),
+    torch.nn.MaxPool2d: (MaxPool2d, None, {}),
+    torch.nn.LocalResponseNorm: (LocalResponseNorm, None, {}),
+    torch.nn.AdaptiveAvgPool2d: (GlobalAvgPool2d, _global, {"flatten": False}),
 }
 
 

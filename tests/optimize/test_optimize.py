@@ -263,6 +263,25 @@ def test_compile_fullgraph():
     check_compiled_model_matches_eager(net.eval(), x, "cpp", net.block.conv2.weight)
 
 
+def test_compiled_it_is_pytorch_composition():
+    """Under torch.compile the swapped chains and layers are PyTorch's own ops, which the
+    compiler fuses (the same graph as the original model's)."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    net = fastcnn.optimize(_net(torch.float32)).eval()
+    torch.compile(net, backend=record, fullgraph=True)(randn(3, 3, 12, 12))
+    [graph] = graphs
+    targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+    assert targets and not any("fastcnn" in t for t in targets)
+    assert any("batch_norm" in t for t in targets) and any("local_response_norm" in t
+                                                           for t in targets)
+
+
 def test_distributed_data_parallel(tmp_path):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0,
