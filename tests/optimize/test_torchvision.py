@@ -65,7 +65,10 @@ def _check_report(model, optimized):
     return report
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n not in GIANT])
+# the deeper and wider members of each family are marked slow: CI runs them, a developer's
+# `pytest tests` the first of each family
+@pytest.mark.parametrize("name", [n if n in TRAIN else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in ALL if n not in GIANT])
 def test_eval_logits_equal(name):
     # float64 for the models of the training step, float32 (its convolutions many times
     # faster here) for their deeper and wider relatives
