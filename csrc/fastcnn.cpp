@@ -9,7 +9,12 @@ namespace {
 // How this extension was compiled, for `fastcnn info`.
 pybind11::dict build_info() {
   pybind11::dict info;
+  // The libtorch whose C++ ABI this build uses (only its major.minor must match at run
+  // time: fastcnn.backends checks that from fastcnn/_build_info.json before loading this).
   info["torch"] = TORCH_VERSION;
+#if defined(_GLIBCXX_USE_CXX11_ABI)
+  info["cxx11_abi"] = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
+#endif
 #if defined(_OPENMP)
   info["openmp"] = true;
 #else

@@ -15,8 +15,10 @@ torch.compile sees it as a constant of the traced graph (and re-traces when
 import contextlib
 import importlib
 import importlib.util
+import json
 import os
 import platform
+import re
 import threading
 import warnings
 from typing import NamedTuple
@@ -57,15 +59,58 @@ class Status(NamedTuple):
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def _probe_cpp():
+# Written by setup.py next to the package when it compiles fastcnn._C: the torch it was
+# compiled against, readable without loading the extension.
+_BUILD_INFO_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_info.json")
+
+# How to get kernels that load, for the messages below.
+_CPP_FIX = ("install the fastcnn wheel built for torch {torch}, or build fastcnn from source "
+            "against this torch: `pip install --no-build-isolation .` (add -e in a checkout)")
+
+
+def _minor(version):
+    """The "major.minor" of a version string ("2.14.1+cu130" -> "2.14"), or None."""
+    match = re.match(r"(\d+)\.(\d+)", str(version or ""))
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def _read_build_info():
+    """What setup.py recorded about the compiled extension (a dict; empty if nothing)."""
+    try:
+        with open(_BUILD_INFO_FILE) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _probe_cpp(build_info=None, torch_version=None):
+    """(module or None, Status, the torch version fastcnn._C was built for or None).
+
+    A mismatched torch minor version is refused before the import: a C++ extension loaded
+    into another libtorch than its own can fail to resolve symbols or, worse, crash."""
+    build_info = _read_build_info() if build_info is None else build_info
+    running = str(torch.__version__ if torch_version is None else torch_version)
+    built_for = build_info.get("torch")
+    fix = _CPP_FIX.format(torch=_minor(running) or running)
+    if built_for and _minor(built_for) != _minor(running):
+        return None, Status(
+            False, f"fastcnn._C was built for torch {_minor(built_for) or built_for}, this is "
+            f"torch {_minor(running) or running}: {fix}"), built_for
     try:
         module = importlib.import_module("fastcnn._C")
-    except ImportError as error:
+    except ModuleNotFoundError as error:
+        if error.name != "fastcnn._C":
+            return None, Status(False, f"fastcnn._C does not load ({error}): {fix}"), built_for
         return None, Status(
-            False,
-            f"the C++ extension fastcnn._C is not built or does not load ({error}); "
-            "build it with `pip install --no-build-isolation -e .`")
-    return module, Status(True, "CPU tensors")
+            False, "the C++ extension fastcnn._C is not built (FASTCNN_BUILD_CPP=0, or a "
+            f"source install that did not compile it): {fix}"), built_for
+    except (ImportError, OSError) as error:
+        return None, Status(
+            False, f"fastcnn._C does not load ({type(error).__name__}: {error}): {fix}"), built_for
+    if not built_for:  # built by hand, without setup.py's record
+        built_for = getattr(module, "build_info", dict)().get("torch")
+    return module, Status(True, "CPU tensors"), built_for
 
 
 def _probe_triton():
@@ -85,7 +130,7 @@ def _probe_triton():
     return Status(True, "CUDA tensors")
 
 
-_cpp_module, _cpp_status = _probe_cpp()
+_cpp_module, _cpp_status, _cpp_built_for = _probe_cpp()
 _STATUS = {
     "reference": Status(True, "tensors on any device (pure PyTorch)"),
     "cpp": _cpp_status,
@@ -246,5 +291,8 @@ def info():
         "cuda_device": torch.cuda.get_device_name() if cuda else None,
         "forced_backend": _forced,
         "backends": {name: _STATUS[name]._asdict() for name in BACKENDS},
+        # the torch fastcnn._C was compiled against (recorded at build time: known even
+        # when the extension does not load), next to "torch", the one running
+        "cpp_built_for": _cpp_built_for,
         "cpp_build": _cpp_module.build_info() if _cpp_module is not None else None,
     }

@@ -29,6 +29,8 @@ def _info(args):
     for name, status in info["backends"].items():
         state = "available" if status["available"] else "unavailable"
         print(f"  {name:<10} {state:<12} {status['reason']}")
+    built_for = info["cpp_built_for"] or "unknown (not built)"
+    print(f"C++ extension built for torch {built_for}; running torch {info['torch']}")
     if info["cpp_build"]:
         build = info["cpp_build"]
         print(f"C++ extension: built with {build['compiler']} against torch {build['torch']}, "

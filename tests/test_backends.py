@@ -1,5 +1,6 @@
 """Backend dispatch: device defaults, forcing, fallbacks and their messages."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 from helpers import randn
 
 import fastcnn
-from fastcnn import backends
+from fastcnn import backends, cli
 from fastcnn.functional import local_response_norm
 
 
@@ -109,6 +110,7 @@ def test_info_lists_every_backend_with_a_reason():
         status = info["backends"][name]
         assert isinstance(status["available"], bool) and status["reason"]
     assert info["cpp_build"]["openmp"] is True
+    assert backends._minor(info["cpp_built_for"]) == backends._minor(info["torch"])
 
 
 def test_use_backend_blocks_overlapping_across_threads_restore_cleanly():
@@ -137,3 +139,118 @@ def test_use_backend_blocks_overlapping_across_threads_restore_cleanly():
         t.join(20)
     assert seen["inside"] == "reference"
     assert backends._forced is None and backends.select("op", torch.zeros(1)) == "cpp"
+
+
+def _fallback_warnings_of_a_few_ops():
+    """The FallbackWarnings of several fastcnn ops on CPU tensors, checked against torch."""
+    x = randn(2, 6, 5, 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = local_response_norm(x, 3)
+        local_response_norm(x, 3)
+        z = fastcnn.functional.max_pool2d(x, 3, 2)
+    torch.testing.assert_close(y, torch.nn.functional.local_response_norm(x, 3))
+    torch.testing.assert_close(z, torch.nn.functional.max_pool2d(x, 3, 2))
+    return [w for w in caught if w.category is backends.FallbackWarning]
+
+
+def test_extension_that_does_not_load_falls_back_with_one_warning(monkeypatch):
+    real_import = backends.importlib.import_module
+
+    def failing_import(name, *args):
+        if name == "fastcnn._C":
+            raise ImportError("fastcnn/_C.so: undefined symbol: _ZN3c104impl3fooEv")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(backends.importlib, "import_module", failing_import)
+    module, status, built_for = backends._probe_cpp(build_info={"torch": str(torch.__version__)})
+    assert module is None and not status.available and built_for == str(torch.__version__)
+    assert "undefined symbol" in status.reason
+    assert "pip install --no-build-isolation ." in status.reason
+
+    monkeypatch.setitem(backends._STATUS, "cpp", status)
+    monkeypatch.setattr(backends, "_warned", set())
+    fallbacks = _fallback_warnings_of_a_few_ops()
+    assert len(fallbacks) == 1, [str(w.message) for w in fallbacks]
+    assert "undefined symbol" in str(fallbacks[0].message)
+
+
+def test_extension_built_for_another_torch_is_not_loaded(monkeypatch):
+    def no_import(name, *args):
+        raise AssertionError(f"imported {name} although it was built for another torch")
+
+    monkeypatch.setattr(backends.importlib, "import_module", no_import)
+    module, status, built_for = backends._probe_cpp(build_info={"torch": "2.13.0+cpu"},
+                                                    torch_version="2.14.1+cu130")
+    monkeypatch.undo()
+    assert module is None and not status.available and built_for == "2.13.0+cpu"
+    assert "built for torch 2.13, this is torch 2.14" in status.reason
+    assert "wheel built for torch 2.14" in status.reason
+
+    monkeypatch.setitem(backends._STATUS, "cpp", status)
+    monkeypatch.setattr(backends, "_warned", set())
+    fallbacks = _fallback_warnings_of_a_few_ops()
+    assert len(fallbacks) == 1 and "built for torch 2.13" in str(fallbacks[0].message)
+
+
+def test_same_minor_version_loads_the_extension():
+    module, status, built_for = backends._probe_cpp(
+        build_info={"torch": f"{backends._minor(torch.__version__)}.99"})
+    assert module is not None and status.available
+
+
+def test_info_shows_the_torch_of_the_build_and_the_running_one(monkeypatch, capsys):
+    monkeypatch.setattr(backends, "_cpp_built_for", "2.13.0+cpu")
+    monkeypatch.setitem(backends._STATUS, "cpp", backends.Status(False, "built for 2.13 (test)"))
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "built for torch 2.13.0+cpu" in text and f"running torch {torch.__version__}" in text
+    assert "built for 2.13 (test)" in text
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cpp_built_for"] == "2.13.0+cpu" and info["torch"] == str(torch.__version__)
+
+
+def test_fastcnn_imports_and_falls_back_when_the_extension_fails_to_load():
+    """In a fresh interpreter whose import of fastcnn._C fails (as a missing libtorch symbol
+    makes it fail), fastcnn imports, runs on the reference and warns once."""
+    code = """
+import importlib.abc, sys, warnings
+class Broken(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "fastcnn._C":
+            raise ImportError("undefined symbol: _ZN3c104impl3fooEv (simulated)")
+sys.meta_path.insert(0, Broken())
+import torch, fastcnn
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    x = torch.randn(2, 6, 5, 5)
+    fastcnn.functional.local_response_norm(x, 3)
+    fastcnn.functional.max_pool2d(x, 2)
+print(len(caught), caught[0].category.__name__, caught[0].message)
+print("C loaded:", "fastcnn._C" in sys.modules)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.strip().splitlines()[-2:]
+    assert first.startswith("1 FallbackWarning") and "undefined symbol" in first, first
+    assert second == "C loaded: False"
+
+
+@pytest.mark.skipif(not os.path.exists(backends._BUILD_INFO_FILE),
+                    reason="no fastcnn/_build_info.json (the extension was not built by setup.py)")
+def test_fastcnn_does_not_load_an_extension_built_for_another_torch():
+    code = """
+import sys, warnings
+import torch
+torch.__version__ = torch.torch_version.TorchVersion("2.1.0")  # as if another torch ran
+import fastcnn
+from fastcnn import backends
+print("C loaded:", "fastcnn._C" in sys.modules)
+print(backends.info()["backends"]["cpp"]["reason"])
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    loaded, reason = result.stdout.strip().splitlines()[-2:]
+    assert loaded == "C loaded: False"
+    assert "this is torch 2.1: install the fastcnn wheel built for torch 2.1" in reason
