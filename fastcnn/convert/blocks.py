@@ -92,10 +92,10 @@ def _blocks():
 def _eager_only(forward):
     """forward, except under torch.compile, where the class's own forward runs: the
     compiler fuses PyTorch's composition itself, and fastcnn's ops are opaque to it."""
-    def either(self, *args):
+    def either(self, *args, **kwargs):
         if torch.compiler.is_compiling():
-            return self.fastcnn_original_class.forward(self, *args)
-        return forward(self, *args)
+            return self.fastcnn_original_class.forward(self, *args, **kwargs)
+        return forward(self, *args, **kwargs)
     return either
 
 

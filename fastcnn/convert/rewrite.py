@@ -360,8 +360,8 @@ def _install(module, train_forward, eval_forward):
     train_forward = train_forward or original.forward
     eval_forward = eval_forward or original.forward
 
-    def forward(self, *args):
-        return (train_forward if self.training else eval_forward)(self, *args)
+    def forward(self, *args, **kwargs):
+        return (train_forward if self.training else eval_forward)(self, *args, **kwargs)
 
     install_forward(module, forward)
 

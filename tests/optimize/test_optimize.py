@@ -86,6 +86,8 @@ def test_swaps_reported_and_numbers_equal_in_both_modes():
     x = randn(3, 3, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(optimized.eval()(x), net.eval()(x))
+        # a rewritten forward takes its arguments by name too
+        torch.testing.assert_close(optimized.block(x=optimized.stem(x)), net.block(net.stem(x)))
     expected, got = _step(net.train(), x), _step(optimized.train(), x)
     torch.testing.assert_close(got, expected)  # loss, every gradient, parameters, statistics
     # the original is untouched
