@@ -73,7 +73,11 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
         # PyTorch's formula, in float32 for float16 and bfloat16 as the kernels compute
         low = input.dtype in (torch.float16, torch.bfloat16)
         size, alpha = _no_wider_than_the_channels(input, size, alpha)
-        output = F.local_response_norm(input.float() if low else input, size, alpha, beta, k)
+        x = input.float() if low else input
+        # PyTorch's function views the trailing dimensions of 5-d and wider input as one,
+        # which fails on strides that do not merge (a transposed H and W)
+        x = x.contiguous() if x.dim() > 4 else x
+        output = F.local_response_norm(x, size, alpha, beta, k)
         return output.to(input.dtype)
     check_feature_map("input", input, min_dim=3)
     return LocalResponseNormFunction.apply(input, size, float(alpha), float(beta), float(k))

@@ -343,6 +343,19 @@ def test_window_wider_than_all_channels(backend_device, size):
     assert_close_to_reference(dx, x_ref.grad, torch.float64, backend, device)
 
 
+def test_non_finite_argument_on_5d_input_whose_last_dimensions_do_not_merge():
+    """PyTorch's function, which runs for a non-finite k, views the trailing dimensions of
+    5-d input as one: on a transposed H and W that view fails, so it is given a contiguous
+    copy (the fuzz tests' ci profile drew this)."""
+    x = randn(2, 3, 2, 4, 5, dtype=torch.float64).transpose(3, 4)
+    y = local_response_norm(x, 3, alpha=1e-4, beta=0.75, k=float("nan"))
+    expected = F.local_response_norm(x.contiguous(), 3, alpha=1e-4, beta=0.75, k=float("nan"))
+    torch.testing.assert_close(y, expected, equal_nan=True)
+    y = local_response_norm(x, 3, alpha=float("inf"), beta=0.75, k=2.0)
+    expected = F.local_response_norm(x.contiguous(), 3, alpha=float("inf"), beta=0.75, k=2.0)
+    torch.testing.assert_close(y, expected, equal_nan=True)
+
+
 @pytest.mark.parametrize("argument", ["alpha", "beta", "k"])
 def test_non_finite_argument_with_a_huge_window_allocates_nothing_by_it(argument):
     """Non-finite alpha, beta or k run PyTorch's own function, which pads the channels by
