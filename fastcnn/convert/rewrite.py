@@ -279,7 +279,7 @@ def _simple_chain(graph):
 
 def _random(module):
     """Whether module draws random numbers (dropout), whose order a moved call changes."""
-    return any(isinstance(m, (torch.nn.modules.dropout._DropoutNd, torch.nn.Dropout))
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd)
                for m in module.modules())
 
 
